@@ -1,0 +1,28 @@
+"""sonar_jax: SONAR sentence embeddings (text + speech) in JAX/Flax, trainable and torch-free."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sonar_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of Meta's SONAR: load, run and train without torch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sonar_jax", "sonar_jax.*"]),
+    package_data={"sonar_jax": ["assets/*.txt"]},
+    install_requires=[
+        "jax>=0.10,<0.12",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "sentencepiece>=0.2",
+        "ml-collections>=1.0",
+        "ml_dtypes>=0.5",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:main"]},
+)

@@ -1,0 +1,85 @@
+"""Orbax behind one small interface: save and restore parameter trees.
+
+Parameters are nested dicts of arrays (the pure-dict form of an NNX state). Saving accepts numpy or
+jax arrays (numpy is written as is, so a converter never has to copy everything onto a device);
+restoring returns jax arrays, optionally cast and placed on given shardings, so a checkpoint
+written on one mesh restores onto another. Training checkpoints (CheckpointManager) build on this.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sonar_jax.config import to_jnp_dtype
+
+Sharding = jax.sharding.Sharding
+
+
+def save_params(path: str | pathlib.Path, params: Any) -> None:
+    """Writes `params` (a pytree of numpy/jax arrays) to a new orbax directory `path`."""
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, params)
+        checkpointer.wait_until_finished()
+
+
+def param_metadata(path: str | pathlib.Path) -> Any:
+    """Pytree of jax.ShapeDtypeStruct describing what `path` holds (reads no array data)."""
+    path = _existing(path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path)
+    # orbax versions differ in how many wrappers sit around the tree of per-leaf metadata.
+    for wrapper in ("item_metadata", "tree"):
+        tree = getattr(tree, wrapper, tree)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+
+
+def restore_params(path: str | pathlib.Path, *, dtype: str | None = None,
+                   sharding: Sharding | Any | Callable[[jax.ShapeDtypeStruct], Sharding] | None = None
+                   ) -> Any:
+    """Restores a parameter tree saved by `save_params`.
+
+    dtype: cast every floating-point leaf to it while reading (e.g. 'bfloat16' for inference).
+    sharding: one Sharding for every leaf, a pytree of Shardings matching the params, or a function
+      of each leaf's ShapeDtypeStruct (how logical-axis rules are applied); default: one device.
+    """
+    path = _existing(path)
+    abstract = param_metadata(path)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(leaf: jax.ShapeDtypeStruct, leaf_sharding) -> jax.ShapeDtypeStruct:
+        leaf_dtype = leaf.dtype
+        if dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating):
+            leaf_dtype = to_jnp_dtype(dtype)
+        if callable(leaf_sharding):
+            leaf_sharding = leaf_sharding(leaf)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf_dtype, sharding=leaf_sharding)
+
+    if isinstance(sharding, Sharding) or callable(sharding):
+        targets = jax.tree.map(lambda leaf: target(leaf, sharding), abstract)
+    else:
+        targets = jax.tree.map(target, abstract, sharding)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, targets)
+
+
+def to_numpy(params: Any) -> Any:
+    """Host copy of a parameter tree (for comparisons and exports)."""
+    return jax.tree.map(np.asarray, params)
+
+
+def _existing(path: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no orbax checkpoint directory at {path}")
+    return path

@@ -1,0 +1,118 @@
+"""Model configuration: one frozen dataclass per model family, loadable from `configs/*.py`.
+
+The dataclass is what models are built from and what a converted model directory stores as JSON;
+`configs/` holds ml_collections files (one per released or test architecture) that fill it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+from typing import Any
+
+import jax.numpy as jnp
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def to_jnp_dtype(name: str):
+    """Maps a config dtype name to a jnp dtype, with an error that lists the valid names."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TextModelConfig:
+    """Sizes of a SONAR text encoder or decoder (NLLB-shaped Transformer).
+
+    `max_seq_len` counts positions the sinusoidal table covers: 514 for the released encoder
+    (fairseq's 512 + pad_idx + 1), 512 for the decoder. `dtype` is the compute dtype; parameters are
+    kept in `param_dtype`.
+    """
+
+    vocab_size: int = 256206
+    model_dim: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 8192
+    max_seq_len: int = 514
+    pad_idx: int = 0
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.model_dim % self.num_heads:
+            raise ValueError(
+                f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
+        if self.model_dim % 2:
+            raise ValueError(f"model_dim {self.model_dim} must be even for sinusoidal positions")
+        to_jnp_dtype(self.dtype)
+        to_jnp_dtype(self.param_dtype)
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    def replace(self, **changes: Any) -> "TextModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TextModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def load_config_file(name_or_path: str):
+    """Loads `get_config()` from a file in `configs/` (by name, e.g. 'text_basic') or by path."""
+    path = pathlib.Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS_DIR / f"{name_or_path}.py"
+    if not path.is_file():
+        available = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise FileNotFoundError(f"no config file {str(path)!r}; configs available: {available}")
+    spec = importlib.util.spec_from_file_location(f"sonar_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def text_model_config(name_or_path: str, part: str, **overrides: Any) -> TextModelConfig:
+    """The TextModelConfig of a config file's `encoder` or `decoder` section, plus overrides."""
+    config = load_config_file(name_or_path)
+    if part not in config:
+        raise KeyError(f"config {name_or_path!r} has no {part!r} section; it has {sorted(config)}")
+    values = dict(config[part])
+    values.update(overrides)
+    return TextModelConfig.from_dict(values)
+
+
+def dump_json(obj: dict, path: pathlib.Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def text_arch(*, vocab_size: int, model_dim: int, num_layers: int, num_heads: int, ffn_dim: int):
+    """ConfigDict with the encoder and decoder sections of one NLLB-shaped architecture.
+
+    The released pair shares every size; only the position tables differ: the encoder card sets
+    `_from_fairseq=True`, which adds pad_idx + 1 to fairseq's 512 positions (514), the decoder does not.
+    """
+    import ml_collections
+
+    common = dict(vocab_size=vocab_size, model_dim=model_dim, num_layers=num_layers,
+                  num_heads=num_heads, ffn_dim=ffn_dim)
+    return ml_collections.ConfigDict(dict(encoder=dict(common, max_seq_len=514),
+                                          decoder=dict(common, max_seq_len=512)))

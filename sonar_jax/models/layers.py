@@ -1,0 +1,182 @@
+"""Building blocks shared by the text encoder and decoder: embeddings with sinusoidal positions,
+multi-head attention (with an optional fixed-size KV cache), the ReLU feed-forward block, LayerNorm,
+masked mean pooling, and the scanned layer stack.
+
+Names of submodules follow the fairseq2 state-dict names so the converter is a readable rename.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sonar_jax.config import TextModelConfig, to_jnp_dtype
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def sinusoidal_table(num_positions: int, dim: int, offset: int = 2) -> np.ndarray:
+    """fairseq/tensor2tensor position table: first half sin, second half cos (not interleaved).
+
+    Row p holds the encoding of step p + offset; the released text models use offset 2
+    (fairseq's legacy pad_idx + 1), the speech pooler offset 0. The float32 roundings follow the
+    reference (argument i·(−ln 10⁴) then ÷(half−1), float32 angles); exp/sin/cos are evaluated in
+    float64 and rounded, which lands within ~1 ulp of the reference's float32 kernels: angles reach
+    ~500 rad, where one ulp of a frequency moves the encoding by ~1e-5.
+    """
+    half = dim // 2
+    arg = (np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0))) / np.float32(half - 1)
+    freqs = np.exp(arg.astype(np.float64)).astype(np.float32)
+    steps = np.arange(offset, offset + num_positions, dtype=np.float32)
+    angles = (steps[:, None] * freqs[None, :]).astype(np.float64)
+    table = np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+    table.flags.writeable = False  # shared by the cache
+    return table
+
+
+def layer_norm(cfg: TextModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm with the reference's eps; statistics are computed in float32 (two-pass variance)."""
+    return nnx.LayerNorm(cfg.model_dim, epsilon=cfg.layer_norm_eps, dtype=to_jnp_dtype(cfg.dtype),
+                         param_dtype=to_jnp_dtype(cfg.param_dtype), use_fast_variance=False,
+                         rngs=rngs)
+
+
+def linear(cfg: TextModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, gain: float = 1.0,
+           use_bias: bool = True) -> nnx.Linear:
+    """Dense layer with Xavier-uniform init (fairseq2's choice for projections) scaled by `gain`."""
+    init = jax.nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=init,
+                      dtype=to_jnp_dtype(cfg.dtype), param_dtype=to_jnp_dtype(cfg.param_dtype),
+                      rngs=rngs)
+
+
+class TokenEmbedding(nnx.Module):
+    """Token embedding × sqrt(model_dim) plus the offset-2 sinusoidal position encoding.
+
+    The table doubles as the decoder's tied output projection (`attend`).
+    """
+
+    def __init__(self, cfg: TextModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        init = jax.nn.initializers.normal(cfg.model_dim**-0.5)
+        self.embedding = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.model_dim),
+                                        to_jnp_dtype(cfg.param_dtype)))
+
+    def __call__(self, tokens: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+        """tokens [B, T] at positions start..start+T-1 -> [B, T, D] in the compute dtype."""
+        seq_len = tokens.shape[1]
+        if isinstance(start, int) and start + seq_len > self.cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + seq_len} tokens is longer than the model's "
+                f"{self.cfg.max_seq_len} positions; truncate it (the pipelines do, with a warning)")
+        x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(self.cfg.model_dim)
+        # A constant, not state: the reference recomputes it too, and checkpoints never hold it.
+        table = jnp.asarray(sinusoidal_table(self.cfg.max_seq_len, self.cfg.model_dim))
+        pos = jax.lax.dynamic_slice_in_dim(table, start, seq_len, axis=0)
+        return (x + pos[None]).astype(to_jnp_dtype(self.cfg.dtype))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied output projection: logits = x · Eᵀ (no bias, no scaling), accumulated in float32."""
+        table = self.embedding[...].astype(x.dtype)
+        return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
+
+
+class MultiheadAttention(nnx.Module):
+    """Multi-head attention with biased q/k/v/output projections (scale 1/sqrt(head_dim))."""
+
+    def __init__(self, cfg: TextModelConfig, rngs: nnx.Rngs):
+        self.num_heads = cfg.num_heads
+        dim = cfg.model_dim
+        qkv_gain = 1 / math.sqrt(2)  # fairseq2 initialises q/k/v with Xavier gain 2^-1/2
+        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.output_proj = linear(cfg, dim, dim, rngs)
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [B, S, H, Dh] of `x` (what a KV cache stores)."""
+        return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+
+    def __call__(self, x: jax.Array, *, key_lengths: jax.Array | None = None,
+                 is_causal: bool = False, kv: tuple[jax.Array, jax.Array] | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """Self-attention of x [B, T, D]. `kv` replaces x's own keys/values (cached decoding, with
+        a boolean `mask` [T, S] of visible cache slots); `key_lengths` [B] masks keys at and beyond
+        each sequence's length (right padding)."""
+        q = self._heads(self.q_proj(x))
+        k, v = kv if kv is not None else self.project_kv(x)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask,
+                                           key_value_seq_lengths=key_lengths)
+        return self.output_proj(out.reshape(*out.shape[:-2], -1))
+
+
+class FeedForward(nnx.Module):
+    """Linear(D→F) → ReLU → Linear(F→D), both with bias."""
+
+    def __init__(self, cfg: TextModelConfig, rngs: nnx.Rngs):
+        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs)
+        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.output_proj(jax.nn.relu(self.inner_proj(x)))
+
+
+def masked_mean(x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Mean over the first `lengths[b]` positions of x [B, T, D], in float32.
+
+    Matches the reference: sum of non-pad states times 1 / (length + 1e-7).
+    """
+    mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+    total = jnp.sum(jnp.where(mask[..., None], x.astype(jnp.float32), 0.0), axis=1)
+    return total * (1.0 / (lengths.astype(jnp.float32) + 1e-7))[:, None]
+
+
+def lengths_from_padding(tokens: jax.Array, pad_idx: int) -> jax.Array:
+    """Sequence lengths of right-padded token ids: the count of non-pad tokens per row."""
+    return jnp.sum(tokens != pad_idx, axis=1).astype(jnp.int32)
+
+
+def make_layer_stack(layer_cls: type, cfg: TextModelConfig, rngs: nnx.Rngs):
+    """`cfg.num_layers` layers with parameters stacked on a leading axis (for nnx.scan)."""
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs: nnx.Rngs):
+        return layer_cls(cfg, layer_rngs)
+
+    return create(rngs)
+
+
+def scan_layers(layers: nnx.Module, carry, cfg: TextModelConfig, body: Callable, xs=None):
+    """Runs `carry, y = body(layer, carry, x)` over the stacked layers in order.
+
+    `xs` (a pytree with a leading layer axis, e.g. a KV cache) is sliced per layer and the `y`s are
+    stacked back; the configured remat policy wraps each layer.
+    """
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; "
+                         f"expected one of {sorted(REMAT_POLICIES)}")
+    step = body
+    if cfg.remat_policy != "none":
+        step = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+
+    @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def run(layer, carry, x):
+        return step(layer, carry, x)
+
+    return run(layers, carry, xs)

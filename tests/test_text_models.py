@@ -1,0 +1,111 @@
+"""Properties of the text encoder/decoder that hold for any weights (parity lives elsewhere)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sonar_jax.config import text_model_config
+from sonar_jax.models.layers import sinusoidal_table
+from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.models.text_encoder import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder(text_model_config("text_tiny", "encoder"), rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return TextDecoder(text_model_config("text_tiny", "decoder"), rngs=nnx.Rngs(1))
+
+
+def test_sinusoidal_table_matches_fairseq_formula():
+    table = sinusoidal_table(514, 8)
+    half = 4
+    freqs = np.exp(np.arange(half) * -(np.log(10000.0) / (half - 1)))
+    step = 7 + 2  # row 7 encodes step 9 (offset 2)
+    np.testing.assert_allclose(table[7, :half], np.sin(step * freqs), rtol=1e-6)
+    np.testing.assert_allclose(table[7, half:], np.cos(step * freqs), rtol=1e-6)
+
+
+def test_padding_does_not_change_embedding(encoder):
+    tokens = jnp.array([[3100, 50, 60, 70, 3]])
+    alone = encoder(tokens).sentence_embeddings
+    padded = jnp.pad(tokens, ((0, 1), (0, 4)))
+    padded = padded.at[1, :3].set(jnp.array([3100, 9, 3]))
+    both = encoder(padded)
+    np.testing.assert_allclose(both.sentence_embeddings[0], alone[0], atol=1e-6)
+    assert both.seq_lens.tolist() == [5, 3]
+
+
+def test_embedding_is_mean_of_states(encoder):
+    tokens = jnp.array([[3100, 50, 60, 3, 0, 0]])
+    out = encoder(tokens)
+    np.testing.assert_allclose(out.sentence_embeddings[0], out.encoded_seqs[0, :4].mean(0),
+                               atol=1e-5)
+
+
+def test_too_long_input_is_refused(encoder):
+    with pytest.raises(ValueError, match="longer than the model's 514 positions"):
+        encoder(jnp.ones((1, 515), jnp.int32))
+
+
+def test_cached_decoding_equals_teacher_forcing(decoder):
+    emb = jax.random.normal(jax.random.key(0), (3, 64))
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 4, 3000).at[:, 0].set(3)
+    full = decoder(emb, tokens)
+    cache = decoder.init_cache(emb, max_len=16)
+    logits, cache = decoder.step(tokens[:, :2], cache)  # prefill the [eos, lang] prompt
+    steps = [logits]
+    for t in range(2, 9):
+        logits, cache = decoder.step(tokens[:, t:t + 1], cache)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+    assert int(cache.length) == 9
+
+
+def test_cross_attention_shortcut_equals_softmax_over_one_key(decoder):
+    """The per-sequence shortcut is exactly attention over the single key the reference uses."""
+    emb = jax.random.normal(jax.random.key(2), (2, 64))
+    x = jax.random.normal(jax.random.key(3), (2, 5, 64))
+    layer = nnx.merge(*_first_layer(decoder))
+    attn = layer.encoder_decoder_attn
+    full = attn(layer.encoder_decoder_attn_layer_norm(x), kv=attn.project_kv(emb[:, None, :]))
+    shortcut = layer.cross_attention_values(emb)
+    np.testing.assert_allclose(full, jnp.broadcast_to(shortcut[:, None], full.shape), atol=1e-5)
+
+
+def _first_layer(decoder):
+    graphdef, state = nnx.split(decoder.layers)
+    return graphdef, jax.tree.map(lambda v: v[0], state)
+
+
+def test_remat_policies_give_identical_gradients():
+    cfg = text_model_config("text_tiny", "encoder")
+    tokens = jnp.array([[3100, 50, 60, 3, 0]])
+
+    def grads(policy):
+        model = TextEncoder(cfg.replace(remat_policy=policy), rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+
+        def loss(p):
+            return jnp.sum(nnx.merge(graphdef, p)(tokens).sentence_embeddings ** 2)
+
+        return jax.grad(loss)(params)
+
+    base = grads("none")
+    for policy in ("full", "dots"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), base,
+                     grads(policy))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    cfg = text_model_config("text_tiny", "encoder").replace(dtype="bfloat16")
+    model = TextEncoder(cfg, rngs=nnx.Rngs(0))
+    out = model(jnp.array([[3100, 50, 3]]))
+    assert out.sentence_embeddings.dtype == jnp.float32
+    assert out.encoded_seqs.dtype == jnp.bfloat16
+    assert model.layers.ffn.inner_proj.kernel.dtype == jnp.float32
