@@ -57,11 +57,13 @@ def test_cached_decoding_equals_teacher_forcing(decoder):
     emb = jax.random.normal(jax.random.key(0), (3, 64))
     tokens = jax.random.randint(jax.random.key(1), (3, 9), 4, 3000).at[:, 0].set(3)
     full = decoder(emb, tokens)
+    graphdef, state = nnx.split(decoder)
+    step = jax.jit(lambda s, t, c: nnx.merge(graphdef, s).step(t, c))
     cache = decoder.init_cache(emb, max_len=16)
-    logits, cache = decoder.step(tokens[:, :2], cache)  # prefill the [eos, lang] prompt
+    logits, cache = step(state, tokens[:, :2], cache)  # prefill the [eos, lang] prompt
     steps = [logits]
     for t in range(2, 9):
-        logits, cache = decoder.step(tokens[:, t:t + 1], cache)
+        logits, cache = step(state, tokens[:, t:t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
     assert int(cache.length) == 9
@@ -94,7 +96,7 @@ def test_remat_policies_give_identical_gradients():
         def loss(p):
             return jnp.sum(nnx.merge(graphdef, p)(tokens).sentence_embeddings ** 2)
 
-        return jax.grad(loss)(params)
+        return jax.jit(jax.grad(loss))(params)
 
     base = grads("none")
     for policy in ("full", "dots"):

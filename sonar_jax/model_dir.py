@@ -1,0 +1,122 @@
+"""Converted model directories: self-contained, written atomically, loaded without torch.
+
+Layout:
+    config.json        {"format": 1, "kind": "text_encoder"|"text_decoder", "model": {...}}
+    params/            orbax parameter tree (sonar_jax.checkpoint)
+    tokenizer.model    the SentencePiece model
+    langs.txt          the language list, one code a line (its order fixes the language ids)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
+
+from flax import nnx
+
+from sonar_jax import checkpoint
+from sonar_jax.config import TextModelConfig
+from sonar_jax.tokenizer import NllbTokenizer
+
+FORMAT_VERSION = 1
+CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields a temporary sibling of `out_dir` that is renamed to it only if the block succeeds.
+
+    An interrupted or failed write leaves nothing at `out_dir` (the temporary folder is removed),
+    and an existing `out_dir` is never touched.
+    """
+    out_dir = pathlib.Path(out_dir).absolute()
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; choose a new output directory or "
+                              "remove it first")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.rename(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_dir(out_dir: str | pathlib.Path, kind: str, cfg: TextModelConfig, params: Any,
+                    tokenizer: NllbTokenizer) -> pathlib.Path:
+    """Writes a converted model directory; the tokenizer's vocabulary must match the model's."""
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer ({tokenizer.spm_path.name} with {len(tokenizer.langs)} languages) has "
+            f"{tokenizer.vocab_size} ids but the model has {cfg.vocab_size} embedding rows; pass "
+            "the SentencePiece model and language list this checkpoint was trained with")
+    with atomic_directory(out_dir) as tmp:
+        checkpoint.save_params(tmp / PARAMS_DIR, params)
+        shutil.copyfile(tokenizer.spm_path, tmp / SPM_FILE)
+        (tmp / LANGS_FILE).write_text("\n".join(tokenizer.langs) + "\n")
+        config = {"format": FORMAT_VERSION, "kind": kind, "model": cfg.to_dict()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return pathlib.Path(out_dir)
+
+
+def read_config(model_dir: str | pathlib.Path) -> tuple[str, TextModelConfig]:
+    """(kind, config) of a converted directory, with errors that say what is wrong."""
+    path = pathlib.Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a converted sonar_jax model directory (no "
+                                f"{CONFIG_FILE}); make one with `sonar-jax convert`")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {config.get('format')!r} is not supported "
+                         f"(this sonar_jax reads format {FORMAT_VERSION})")
+    return config["kind"], TextModelConfig.from_dict(config["model"])
+
+
+def load_tokenizer(model_dir: str | pathlib.Path) -> NllbTokenizer:
+    model_dir = pathlib.Path(model_dir)
+    return NllbTokenizer(model_dir / SPM_FILE, (model_dir / LANGS_FILE).read_text().split())
+
+
+def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = None,
+               dtype: str | None = None, param_dtype: str | None = None,
+               sharding: Any = None, **config_overrides: Any) -> nnx.Module:
+    """Builds the model of a converted directory and fills it with the saved parameters.
+
+    dtype: compute dtype (default: as saved); param_dtype: cast parameters while restoring;
+    sharding: as in `checkpoint.restore_params`. No random initialisation happens: the module is
+    built abstractly and its state replaced by the restored arrays.
+    """
+    from sonar_jax.models.text_decoder import TextDecoder
+    from sonar_jax.models.text_encoder import TextEncoder
+
+    kind, cfg = read_config(model_dir)
+    if expected_kind is not None and kind != expected_kind:
+        raise ValueError(f"{model_dir} holds a {kind}, but a {expected_kind} was asked for")
+    overrides = dict(config_overrides)
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    if param_dtype is not None:
+        overrides["param_dtype"] = param_dtype
+    cfg = cfg.replace(**overrides)
+    model_cls = {"text_encoder": TextEncoder, "text_decoder": TextDecoder}[kind]
+    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    params = checkpoint.restore_params(pathlib.Path(model_dir) / PARAMS_DIR,
+                                       dtype=cfg.param_dtype, sharding=sharding)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def langs_from_arg(langs: str | Sequence[str] | None) -> list[str] | None:
+    """`--langs` value: None (the released list), 'a,b,c', or a file with one code a line."""
+    if langs is None or not isinstance(langs, str):
+        return None if langs is None else list(langs)
+    if os.path.isfile(langs):
+        return pathlib.Path(langs).read_text().split()
+    return [code.strip() for code in langs.split(",") if code.strip()]
