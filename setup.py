@@ -20,6 +20,7 @@ setup(
         "ml-collections>=1.0",
         "ml_dtypes>=0.5",
         "numpy>=1.26",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["pytest>=8"],

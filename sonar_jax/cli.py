@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
@@ -16,6 +18,80 @@ def _convert(args: argparse.Namespace) -> None:
                              langs=langs_from_arg(args.langs), num_heads=args.num_heads,
                              dtype=args.dtype)
     print(f"wrote {out}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _sink(path: str, overwrite: bool):
+    """Standard output for '-', else a new file (an existing one is kept unless --overwrite)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    _check_new(path, overwrite)
+    with open(path, "w", encoding="utf-8") as f:
+        yield f
+
+
+def _check_new(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _generation_args(args: argparse.Namespace) -> dict:
+    return dict(beam_size=args.beam_size, max_seq_len=args.max_seq_len,
+                batch_size=args.batch_size, progress_bar=False)
+
+
+def _encode(args: argparse.Namespace) -> None:
+    from sonar_jax import streaming
+    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
+
+    output = args.output or ("embeddings.npy" if args.input == "-" else args.input + ".npy")
+    _check_new(output, args.overwrite)
+    pipeline = TextToEmbeddingModelPipeline(args.model, dtype=args.dtype)
+    pipeline.tokenizer.lang_id(args.lang)  # fail on a bad code before reading any input
+    with streaming.text_source(args.input) as source:
+        count = streaming.encode_file(pipeline, source, output, args.lang,
+                                      batch_size=args.batch_size,
+                                      batch_max_tokens=args.batch_max_tokens,
+                                      progress=not args.quiet)
+    print(f"wrote {count} embeddings to {output}", file=sys.stderr)
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from sonar_jax import streaming
+    from sonar_jax.pipelines import EmbeddingToTextModelPipeline
+
+    pipeline = EmbeddingToTextModelPipeline(args.model, dtype=args.dtype)
+    pipeline.tokenizer.lang_id(args.lang)
+    with _sink(args.output, args.overwrite) as sink:
+        streaming.decode_file(pipeline, args.input, sink, args.lang, progress=not args.quiet,
+                              **_generation_args(args))
+
+
+def _translate(args: argparse.Namespace) -> None:
+    from sonar_jax import streaming
+    from sonar_jax.pipelines import TextToTextModelPipeline
+
+    pipeline = TextToTextModelPipeline(args.encoder, args.decoder, dtype=args.dtype)
+    for lang in (args.src, args.tgt):
+        pipeline.text_to_embedding.tokenizer.lang_id(lang)
+    with streaming.text_source(args.input) as source, _sink(args.output, args.overwrite) as sink:
+        streaming.translate_file(pipeline, source, sink, args.src, args.tgt,
+                                 progress=not args.quiet, **_generation_args(args))
+
+
+def _add_common(command: argparse.ArgumentParser, batch_size: int) -> None:
+    command.add_argument("--batch-size", type=int, default=batch_size)
+    command.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                         help="compute dtype (default: as converted)")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_generation(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--beam-size", type=int, default=5)
+    command.add_argument("--max-seq-len", type=int, default=None,
+                         help="total tokens per output, the 2-token prompt included (cap 512)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
                          help="dtype of the stored parameters (bfloat16 also makes it the "
                               "default compute dtype when loading)")
     convert.set_defaults(run=_convert)
+
+    encode = commands.add_parser("encode", help="embed sentences (one a line) into a .npy")
+    encode.add_argument("--model", required=True, help="converted text encoder directory")
+    encode.add_argument("--lang", required=True, help="source language code, e.g. eng_Latn")
+    encode.add_argument("--input", default="-", help="text file, or - for standard input")
+    encode.add_argument("--output", help="the .npy to write (default: INPUT.npy)")
+    encode.add_argument("--batch-max-tokens", type=int, default=None)
+    _add_common(encode, batch_size=64)
+    encode.set_defaults(run=_encode)
+
+    decode = commands.add_parser("decode", help="turn embeddings (.npy) into text")
+    decode.add_argument("--model", required=True, help="converted text decoder directory")
+    decode.add_argument("--lang", required=True, help="target language code, e.g. fra_Latn")
+    decode.add_argument("--input", required=True, help="the .npy of embeddings [N, D]")
+    decode.add_argument("--output", default="-", help="text file, or - for standard output")
+    _add_generation(decode)
+    _add_common(decode, batch_size=16)
+    decode.set_defaults(run=_decode)
+
+    translate = commands.add_parser("translate", help="translate through the SONAR space")
+    translate.add_argument("--encoder", required=True)
+    translate.add_argument("--decoder", required=True)
+    translate.add_argument("--src", required=True)
+    translate.add_argument("--tgt", required=True)
+    translate.add_argument("--input", default="-", help="text file, or - for standard input")
+    translate.add_argument("--output", default="-", help="text file, or - for standard output")
+    _add_generation(translate)
+    _add_common(translate, batch_size=16)
+    translate.set_defaults(run=_translate)
     return parser
 
 
@@ -45,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) as error:
         print(f"sonar-jax {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

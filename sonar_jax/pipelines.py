@@ -1,0 +1,261 @@
+"""User-facing inference with SONAR's class names and `predict` arguments, returning numpy.
+
+    t2e = TextToEmbeddingModelPipeline(encoder="converted/encoder")
+    emb = t2e.predict(["Hello"], source_lang="eng_Latn")          # [N, D] float32
+    e2t = EmbeddingToTextModelPipeline(decoder="converted/decoder")
+    e2t.predict(emb, target_lang="fra_Latn", beam_size=5)         # list[str]
+
+Models are converted directories (or already-built modules plus a tokenizer). Batches are sorted
+by length, packed under `batch_size` / `batch_max_tokens`, bucketed to a few shapes, sharded over
+all local devices, and returned in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import sys
+from typing import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sonar_jax import batching
+from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
+from sonar_jax.model_dir import load_model, load_tokenizer
+from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.tokenizer import EOS, NllbTokenizer
+
+log = logging.getLogger(__name__)
+
+# The reference's default max_gen_len: a · source_len + b new tokens.
+DEFAULT_MAX_GEN_LEN = (1.0, 128)
+
+
+def _model(model, kind: str, dtype: str | None):
+    if isinstance(model, (str, pathlib.Path)):
+        return load_model(model, expected_kind=kind, dtype=dtype)
+    return model
+
+
+def _tokenizer(tokenizer, model) -> NllbTokenizer:
+    if isinstance(tokenizer, NllbTokenizer):
+        return tokenizer
+    source = tokenizer if tokenizer is not None else model
+    if not isinstance(source, (str, pathlib.Path)):
+        raise ValueError("pass a tokenizer (an NllbTokenizer or a converted model directory) "
+                         "when the model is not given as a directory")
+    return load_tokenizer(source)
+
+
+def read_sentences(input: str | pathlib.Path | Sequence[str]) -> list[str]:
+    """A list of sentences, or a text file with one sentence a line; non-strings are refused."""
+    if isinstance(input, (str, pathlib.Path)):
+        path = pathlib.Path(input)
+        if not path.is_file():
+            raise FileNotFoundError(f"input {str(input)!r} is not a file; pass a list of "
+                                    "sentences or the path of a text file")
+        with open(path, encoding="utf-8") as lines:
+            return [line.rstrip("\r\n") for line in lines]
+    sentences = list(input)
+    for index, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"input[{index}] is a {type(sentence).__name__}, not a str")
+    return sentences
+
+
+def _progress(total: int, enabled: bool, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit=unit, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _encode(graphdef, state, tokens, lengths):
+    return nnx.merge(graphdef, state)(tokens, lengths).sentence_embeddings
+
+
+class TextToEmbeddingModelPipeline:
+    """Sentences -> SONAR embeddings [N, D] (float32), in input order."""
+
+    def __init__(self, encoder: str | pathlib.Path | TextEncoder, tokenizer=None, *,
+                 dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
+        self.model = _model(encoder, "text_encoder", dtype)
+        self.tokenizer = _tokenizer(tokenizer, encoder)
+        self.parallel = batching.DataParallel(devices)
+        self._graphdef, state = nnx.split(self.model)
+        self._state = self.parallel.replicate(state)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.cfg.max_seq_len
+
+    def tokenize(self, sentences: Sequence[str], source_lang: str,
+                 max_seq_len: int | None = None) -> list[list[int]]:
+        """Source-mode ids, truncated to `max_seq_len` like the reference (with one warning)."""
+        limit = self.max_seq_len if max_seq_len is None else max_seq_len
+        if limit > self.max_seq_len:
+            raise ValueError(f"max_seq_len {limit} exceeds the encoder's {self.max_seq_len}")
+        tokens = self.tokenizer.encode_batch(sentences, source_lang)
+        truncated = sum(len(t) > limit for t in tokens)
+        if truncated:
+            log.warning("%d of %d sentences are longer than %d tokens and were truncated (the "
+                        "final EOS is cut too, as the reference does)", truncated, len(tokens),
+                        limit)
+        return [t[:limit] for t in tokens]
+
+    def embed_tokens(self, tokens: Sequence[Sequence[int]], *, batch_size: int | None = 5,
+                     batch_max_tokens: int | None = None, progress_bar: bool = False
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yields (input indices, embeddings) batch by batch, shortest sequences first."""
+        batches = batching.pack_by_length([len(t) for t in tokens], batch_size=batch_size,
+                                          max_tokens=batch_max_tokens)
+        with _progress(len(tokens), progress_bar, "sent") as bar:
+            for batch in batches:
+                rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
+                width = batching.length_bucket(int(batch.lengths.max()), self.max_seq_len)
+                ids, lengths = batching.pad_rows([tokens[i] for i in batch.indices], rows, width,
+                                                 self.tokenizer.pad_idx, filler=[EOS])
+                ids, lengths = self.parallel.shard_rows(ids, lengths)
+                out = _encode(self._graphdef, self._state, ids, lengths)
+                yield batch.indices, np.asarray(out[: len(batch.indices)], np.float32)
+                bar.update(len(batch.indices))
+
+    def predict(self, input: str | pathlib.Path | Sequence[str], source_lang: str,
+                batch_size: int | None = 5, batch_max_tokens: int | None = None,
+                max_seq_len: int | None = None, progress_bar: bool = False) -> np.ndarray:
+        sentences = read_sentences(input)
+        tokens = self.tokenize(sentences, source_lang, max_seq_len)
+        result = np.zeros((len(tokens), self.model.cfg.model_dim), np.float32)
+        for indices, embeddings in self.embed_tokens(tokens, batch_size=batch_size,
+                                                     batch_max_tokens=batch_max_tokens,
+                                                     progress_bar=progress_bar):
+            result[indices] = embeddings
+        return result
+
+
+def generation_config(*, beam_size: int = 5, sampler=None, min_gen_len: int = 1,
+                      len_penalty: float = 1.0, unk_penalty: float = 0.0,
+                      temperature: float = 1.0, capacity: int = 512) -> GenerationConfig:
+    if sampler is not None and not isinstance(sampler, (TopKSampler, TopPSampler, str)):
+        raise TypeError(f"sampler must be a TopKSampler, a TopPSampler or 'full', "
+                        f"got {type(sampler).__name__}")
+    return GenerationConfig(capacity=capacity, beam_size=beam_size, sample=sampler is not None,
+                            sampler=None if isinstance(sampler, str) else sampler,
+                            min_gen_len=min_gen_len, len_penalty=len_penalty,
+                            unk_penalty=unk_penalty, temperature=temperature)
+
+
+class EmbeddingToTextModelPipeline:
+    """SONAR embeddings [N, D] -> text in `target_lang`, by beam search (or sampling)."""
+
+    def __init__(self, decoder: str | pathlib.Path | TextDecoder, tokenizer=None, *,
+                 dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
+        self.model = _model(decoder, "text_decoder", dtype)
+        self.tokenizer = _tokenizer(tokenizer, decoder)
+        self.parallel = batching.DataParallel(devices)
+        self._replicated = None
+
+    def _check_embeddings(self, embeddings) -> np.ndarray:
+        array = np.asarray(embeddings, dtype=np.float32)
+        width = self.model.cfg.model_dim
+        if array.ndim != 2 or array.shape[1] != width:
+            raise ValueError(f"embeddings must have shape [N, {width}] for this decoder, "
+                             f"got {list(array.shape)}")
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        if bad.size:
+            raise ValueError(f"embeddings contain NaN or inf in rows {bad[:10].tolist()}")
+        return array
+
+    def max_len_for(self, source_len: int, max_seq_len: int | None,
+                    max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN) -> int:
+        """Total positions allowed (prompt included), as the reference computes them."""
+        model_limit = self.model.cfg.max_seq_len
+        limit = model_limit if max_seq_len is None else min(max_seq_len, model_limit)
+        return min(limit, PROMPT_LEN + int(max_gen_len[0] * source_len + max_gen_len[1]))
+
+    def generate_batches(self, embeddings: np.ndarray, batches: Iterable[batching.Batch],
+                         lang_id: int, config: GenerationConfig, limits: Sequence[int],
+                         seed: int, progress_bar: bool) -> list[list[int]]:
+        """Generated ids (EOS dropped) for each row, batch by batch with one limit each."""
+        if self._replicated is None:
+            graphdef, state = nnx.split(self.model)
+            self._replicated = (graphdef, self.parallel.replicate(state))
+        decoder = nnx.merge(*self._replicated)
+        results: list[list[int]] = [[] for _ in range(len(embeddings))]
+        rng = jax.random.key(seed)
+        with _progress(len(embeddings), progress_bar, "sent") as bar:
+            for batch, limit in zip(batches, limits):
+                rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
+                chunk = np.zeros((rows, embeddings.shape[1]), np.float32)
+                chunk[: len(batch.indices)] = embeddings[batch.indices]
+                (chunk,) = self.parallel.shard_rows(chunk)
+                langs = jnp.full((rows,), lang_id, jnp.int32)
+                rng, key = jax.random.split(rng)
+                capacity = batching.length_bucket(limit, self.model.cfg.max_seq_len)
+                cfg = dataclasses.replace(config, capacity=capacity)
+                out = generate(decoder, chunk, langs, cfg, max_seq_len=limit, rng=key)
+                tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+                for row, index in enumerate(batch.indices):
+                    ids = tokens[row, : lengths[row]].tolist()
+                    results[index] = ids[:-1] if ids and ids[-1] == EOS else ids
+                bar.update(len(batch.indices))
+        return results
+
+    def predict(self, inputs, target_lang: str, batch_size: int = 5, progress_bar: bool = False,
+                sampler=None, *, beam_size: int = 5, max_seq_len: int | None = None,
+                max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
+                len_penalty: float = 1.0, unk_penalty: float = 0.0, temperature: float = 1.0,
+                seed: int = 0) -> list[str]:
+        """`sampler`: None for beam search, else TopKSampler(k), TopPSampler(p) or 'full'."""
+        embeddings = self._check_embeddings(inputs)
+        lang_id = self.tokenizer.lang_id(target_lang)
+        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
+                                   len_penalty=len_penalty, unk_penalty=unk_penalty,
+                                   temperature=temperature)
+        # The reference's "source" here is the [N, D] embedding matrix, so source_len = D.
+        limit = self.max_len_for(embeddings.shape[1], max_seq_len, max_gen_len)
+        batches = list(batching.in_order(embeddings, batch_size))
+        ids = self.generate_batches(embeddings, batches, lang_id, config,
+                                    [limit] * len(batches), seed, progress_bar)
+        return [self.tokenizer.decode(t) for t in ids]
+
+
+class TextToTextModelPipeline:
+    """Sentences -> embeddings -> text in `target_lang` (translation through the SONAR space)."""
+
+    def __init__(self, encoder, decoder, tokenizer=None, *, dtype: str | None = None,
+                 devices: Sequence[jax.Device] | None = None):
+        self.text_to_embedding = TextToEmbeddingModelPipeline(encoder, tokenizer, dtype=dtype,
+                                                              devices=devices)
+        self.embedding_to_text = EmbeddingToTextModelPipeline(
+            decoder, self.text_to_embedding.tokenizer, dtype=dtype, devices=devices)
+
+    def predict(self, input, source_lang: str, target_lang: str, batch_size: int = 5,
+                progress_bar: bool = False, sampler=None, *, beam_size: int = 5,
+                max_seq_len: int | None = None,
+                max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
+                len_penalty: float = 1.0, unk_penalty: float = 0.0, temperature: float = 1.0,
+                seed: int = 0) -> list[str]:
+        sentences = read_sentences(input)
+        encoder_pipe, decoder_pipe = self.text_to_embedding, self.embedding_to_text
+        tokens = encoder_pipe.tokenize(sentences, source_lang)
+        embeddings = encoder_pipe.predict(sentences, source_lang, batch_size=batch_size,
+                                          progress_bar=False)
+        lang_id = decoder_pipe.tokenizer.lang_id(target_lang)
+        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
+                                   len_penalty=len_penalty, unk_penalty=unk_penalty,
+                                   temperature=temperature)
+        # As the reference: fixed batches in input order, each limited by its longest source.
+        batches = list(batching.in_order(sentences, batch_size))
+        limits = [decoder_pipe.max_len_for(max(len(tokens[i]) for i in b.indices), max_seq_len,
+                                           max_gen_len) for b in batches]
+        ids = decoder_pipe.generate_batches(embeddings, batches, lang_id, config, limits, seed,
+                                            progress_bar)
+        return [decoder_pipe.tokenizer.decode(t) for t in ids]

@@ -1,0 +1,150 @@
+"""Pipelines: input order, batching, shape buckets, data parallelism, bad input, CLI streaming."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from sonar_jax import pipelines
+from sonar_jax.cli import main as cli_main
+from sonar_jax.convert import convert_checkpoint
+from sonar_jax.generate import TopKSampler
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, fixtures_dir):
+    out = tmp_path_factory.mktemp("models")
+    spm = fixtures_dir / "spm" / "udhr.spm.model"
+    return {kind: convert_checkpoint(fixtures_dir / "text" / f"mid_text_{kind}.pt", out / kind,
+                                     f"text_{kind}", tokenizer=spm, num_heads=8)
+            for kind in ("encoder", "decoder")}
+
+
+@pytest.fixture(scope="module")
+def t2e(model_dirs):
+    return pipelines.TextToEmbeddingModelPipeline(model_dirs["encoder"])
+
+
+@pytest.fixture(scope="module")
+def e2t(model_dirs):
+    return pipelines.EmbeddingToTextModelPipeline(model_dirs["decoder"])
+
+
+@pytest.fixture(scope="module")
+def reference(fixtures_dir):
+    return np.load(fixtures_dir / "text" / "mid_text_encoder_io.npz")
+
+
+def test_embeddings_match_reference_pipeline_in_input_order(t2e, reference):
+    for lang in sorted(set(reference["pipeline_langs"])):
+        rows = np.flatnonzero(reference["pipeline_langs"] == lang)
+        texts = [str(t) for t in reference["pipeline_texts"][rows]]
+        for kwargs in (dict(batch_size=2), dict(batch_size=None, batch_max_tokens=300),
+                       dict(batch_size=3, batch_max_tokens=64)):
+            got = t2e.predict(texts, lang, **kwargs)
+            np.testing.assert_allclose(got, reference["pipeline_embeddings"][rows], atol=1e-5)
+
+
+def test_text_file_input(t2e, reference, tmp_path):
+    rows = np.flatnonzero(reference["pipeline_langs"] == "eng_Latn")
+    texts = [str(t) for t in reference["pipeline_texts"][rows]]
+    path = tmp_path / "in.txt"
+    path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    np.testing.assert_allclose(t2e.predict(path, "eng_Latn"),
+                               reference["pipeline_embeddings"][rows], atol=1e-5)
+
+
+def test_mixed_lengths_compile_a_handful_of_programs(t2e):
+    rng = np.random.default_rng(0)
+    words = ["rights", "freedom", "dignity", "all", "human", "beings", "born", "equal"]
+    sentences = [" ".join(rng.choice(words, size=rng.integers(1, 120))) for _ in range(60)]
+    before = pipelines._encode._cache_size()
+    t2e.predict(sentences, "eng_Latn", batch_size=7)
+    compiled = pipelines._encode._cache_size() - before
+    assert 1 <= compiled <= 6, compiled  # length buckets 8..256 at one row bucket
+
+
+def test_sharding_over_8_devices_equals_one_device(model_dirs, reference):
+    assert jax.local_device_count() == 8
+    texts = [str(t) for t in reference["pipeline_texts"]]
+    one = pipelines.TextToEmbeddingModelPipeline(model_dirs["encoder"],
+                                                 devices=jax.local_devices()[:1])
+    eight = pipelines.TextToEmbeddingModelPipeline(model_dirs["encoder"])
+    assert eight.parallel.size == 8
+    np.testing.assert_allclose(eight.predict(texts, "eng_Latn", batch_size=5),
+                               one.predict(texts, "eng_Latn", batch_size=5), atol=1e-5)
+
+
+def test_empty_string_encodes_as_lang_eos(t2e):
+    assert t2e.tokenize([""], "eng_Latn") == [[t2e.tokenizer.lang_id("eng_Latn"), 3]]
+    assert np.isfinite(t2e.predict([""], "eng_Latn")).all()
+
+
+def test_bad_text_input(t2e):
+    with pytest.raises(TypeError, match=r"input\[1\] is a int"):
+        t2e.predict(["fine", 3], "eng_Latn")
+    with pytest.raises(ValueError, match="eng_Latn"):
+        t2e.predict(["fine"], "eng_latn")
+    with pytest.raises(FileNotFoundError):
+        t2e.predict("no/such/file.txt", "eng_Latn")
+    with pytest.raises(ValueError, match="exceeds the encoder's 514"):
+        t2e.predict(["x"], "eng_Latn", max_seq_len=600)
+
+
+def test_long_text_is_truncated_with_one_counting_warning(t2e, caplog):
+    long = " ".join(["dignity"] * 400)
+    with caplog.at_level(logging.WARNING, logger="sonar_jax.pipelines"):
+        out = t2e.predict([long, "short", long], "eng_Latn", max_seq_len=32)
+    warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3" in warnings[0].getMessage()
+    np.testing.assert_allclose(out[0], out[2], atol=1e-6)
+
+
+def test_bad_embeddings_are_refused(e2t):
+    with pytest.raises(ValueError, match=r"shape \[N, 128\]"):
+        e2t.predict(np.zeros((2, 64), np.float32), "fra_Latn")
+    bad = np.zeros((3, 128), np.float32)
+    bad[1, 5] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[1\]"):
+        e2t.predict(bad, "fra_Latn")
+
+
+def test_greedy_sampling_equals_beam_one(e2t, reference):
+    emb = reference["sentence_embeddings"][:4]
+    greedy = e2t.predict(emb, "fra_Latn", beam_size=1, max_seq_len=12)
+    topk1 = e2t.predict(emb, "fra_Latn", sampler=TopKSampler(1), max_seq_len=12)
+    assert greedy == topk1
+
+
+def test_sampling_is_seeded(e2t, reference):
+    emb = reference["sentence_embeddings"][:4]
+    kwargs = dict(sampler="full", max_seq_len=12, temperature=2.0)
+    first = e2t.predict(emb, "fra_Latn", seed=1, **kwargs)
+    assert first == e2t.predict(emb, "fra_Latn", seed=1, **kwargs)
+    assert first != e2t.predict(emb, "fra_Latn", seed=2, **kwargs)
+
+
+def test_cli_encode_decode_translate_on_files(model_dirs, t2e, tmp_path, capsys):
+    sentences = ["All human beings are born free.", "", "Everyone has the right to life."]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    npy = tmp_path / "emb.npy"
+    assert cli_main(["encode", "--model", str(model_dirs["encoder"]), "--lang", "eng_Latn",
+                     "--input", str(src), "--output", str(npy), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(npy), t2e.predict(sentences, "eng_Latn"), atol=1e-5)
+    assert cli_main(["encode", "--model", str(model_dirs["encoder"]), "--lang", "eng_Latn",
+                     "--input", str(src), "--output", str(npy), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    out = tmp_path / "out.txt"
+    assert cli_main(["decode", "--model", str(model_dirs["decoder"]), "--lang", "fra_Latn",
+                     "--input", str(npy), "--output", str(out), "--max-seq-len", "8",
+                     "--beam-size", "2", "--quiet"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    out2 = tmp_path / "translated.txt"
+    assert cli_main(["translate", "--encoder", str(model_dirs["encoder"]), "--decoder",
+                     str(model_dirs["decoder"]), "--src", "eng_Latn", "--tgt", "deu_Latn",
+                     "--input", str(src), "--output", str(out2), "--max-seq-len", "8",
+                     "--quiet"]) == 0
+    assert len(out2.read_text(encoding="utf-8").splitlines()) == 3
