@@ -119,8 +119,9 @@ def _pure_step(decoder: TextDecoder):
 
 
 def _reorder(cache, rows: jax.Array):
-    return cache._replace(keys=cache.keys[:, rows], values=cache.values[:, rows],
-                          cross=cache.cross[:, rows])
+    """Gathers the KV cache of the surviving beams. `cross` is left alone: every beam of an
+    input shares its embedding, and beams never move between inputs."""
+    return cache._replace(keys=cache.keys[:, rows], values=cache.values[:, rows])
 
 
 def _limits(config: GenerationConfig, max_seq_len: jax.Array | int | None):
