@@ -59,6 +59,7 @@ class GenerationConfig:
     sampler: TopKSampler | TopPSampler | None = None
     min_gen_len: int = 1
     len_penalty: float = 1.0
+    normalize_scores: bool = True
     unk_penalty: float = 0.0
     temperature: float = 1.0
 
@@ -179,7 +180,8 @@ def beam_search(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array
         finishing &= slot < beam
         hyp_tokens = jnp.take_along_axis(s["tokens"], src_beam[:, :beam, None], axis=1)
         hyp_tokens = hyp_tokens.at[:, :, pos].set(EOS)
-        norm = (step.astype(jnp.float32)) ** config.len_penalty  # total length − 1
+        # Normalised by total length − 1 (prompt and EOS counted), as the reference does.
+        norm = step.astype(jnp.float32) ** config.len_penalty if config.normalize_scores else 1.0
         slot = jnp.where(finishing, slot, beam)  # out of range: dropped by the scatter
         rows = jnp.arange(num)[:, None]
         fin_tokens = s["fin_tokens"].at[rows, slot].set(hyp_tokens, mode="drop")

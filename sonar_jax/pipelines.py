@@ -141,15 +141,17 @@ class TextToEmbeddingModelPipeline:
 
 
 def generation_config(*, beam_size: int = 5, sampler=None, min_gen_len: int = 1,
-                      len_penalty: float = 1.0, unk_penalty: float = 0.0,
-                      temperature: float = 1.0, capacity: int = 512) -> GenerationConfig:
+                      len_penalty: float = 1.0, normalize_scores: bool = True,
+                      unk_penalty: float = 0.0, temperature: float = 1.0,
+                      capacity: int = 512) -> GenerationConfig:
     if sampler is not None and not isinstance(sampler, (TopKSampler, TopPSampler, str)):
         raise TypeError(f"sampler must be a TopKSampler, a TopPSampler or 'full', "
                         f"got {type(sampler).__name__}")
     return GenerationConfig(capacity=capacity, beam_size=beam_size, sample=sampler is not None,
                             sampler=None if isinstance(sampler, str) else sampler,
                             min_gen_len=min_gen_len, len_penalty=len_penalty,
-                            unk_penalty=unk_penalty, temperature=temperature)
+                            normalize_scores=normalize_scores, unk_penalty=unk_penalty,
+                            temperature=temperature)
 
 
 class EmbeddingToTextModelPipeline:
@@ -211,14 +213,14 @@ class EmbeddingToTextModelPipeline:
     def predict(self, inputs, target_lang: str, batch_size: int = 5, progress_bar: bool = False,
                 sampler=None, *, beam_size: int = 5, max_seq_len: int | None = None,
                 max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
-                len_penalty: float = 1.0, unk_penalty: float = 0.0, temperature: float = 1.0,
-                seed: int = 0) -> list[str]:
+                len_penalty: float = 1.0, normalize_scores: bool = True,
+                unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
         """`sampler`: None for beam search, else TopKSampler(k), TopPSampler(p) or 'full'."""
         embeddings = self._check_embeddings(inputs)
         lang_id = self.tokenizer.lang_id(target_lang)
         config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, unk_penalty=unk_penalty,
-                                   temperature=temperature)
+                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
+                                   unk_penalty=unk_penalty, temperature=temperature)
         # The reference's "source" here is the [N, D] embedding matrix, so source_len = D.
         limit = self.max_len_for(embeddings.shape[1], max_seq_len, max_gen_len)
         batches = list(batching.in_order(embeddings, batch_size))
@@ -241,8 +243,8 @@ class TextToTextModelPipeline:
                 progress_bar: bool = False, sampler=None, *, beam_size: int = 5,
                 max_seq_len: int | None = None,
                 max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
-                len_penalty: float = 1.0, unk_penalty: float = 0.0, temperature: float = 1.0,
-                seed: int = 0) -> list[str]:
+                len_penalty: float = 1.0, normalize_scores: bool = True,
+                unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
         sentences = read_sentences(input)
         encoder_pipe, decoder_pipe = self.text_to_embedding, self.embedding_to_text
         tokens = encoder_pipe.tokenize(sentences, source_lang)
@@ -250,8 +252,8 @@ class TextToTextModelPipeline:
                                           progress_bar=False)
         lang_id = decoder_pipe.tokenizer.lang_id(target_lang)
         config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, unk_penalty=unk_penalty,
-                                   temperature=temperature)
+                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
+                                   unk_penalty=unk_penalty, temperature=temperature)
         # As the reference: fixed batches in input order, each limited by its longest source.
         batches = list(batching.in_order(sentences, batch_size))
         limits = [decoder_pipe.max_len_for(max(len(tokens[i]) for i in b.indices), max_seq_len,

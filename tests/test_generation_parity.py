@@ -24,7 +24,11 @@ def _cases():
 
 
 def _limit(case):
-    return case.get("generator_kwargs", case.get("generator_kwargs_passed", {})).get("max_seq_len")
+    """The case's length limit if it keeps generation short, else None (a slow case)."""
+    kwargs = case.get("generator_kwargs", case.get("generator_kwargs_passed", {}))
+    if "max_gen_len" in kwargs:
+        return 2 + int(kwargs["max_gen_len"][0] * 128 + kwargs["max_gen_len"][1])
+    return kwargs.get("max_seq_len")
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,11 @@ def test_generation_matches_reference(models, fixtures_dir, case):
         texts = e2t.predict(embeddings, case["target_lang"], batch_size=case["batch_size"],
                             **kwargs)
         lang_id = e2t.tokenizer.lang_id(case["target_lang"])
+        limits = {"max_seq_len", "max_gen_len"}
         config = pipelines.generation_config(
-            **{k: v for k, v in kwargs.items() if k != "max_seq_len"})
-        limit = e2t.max_len_for(embeddings.shape[1], kwargs.get("max_seq_len"))
+            **{k: v for k, v in kwargs.items() if k not in limits})
+        limit = e2t.max_len_for(embeddings.shape[1], kwargs.get("max_seq_len"),
+                                tuple(kwargs.get("max_gen_len", pipelines.DEFAULT_MAX_GEN_LEN)))
         batches = list(batching.in_order(embeddings, case["batch_size"]))
         ids = e2t.generate_batches(embeddings, batches, lang_id, config,
                                    [limit] * len(batches), 0, False)
