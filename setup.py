@@ -21,9 +21,13 @@ setup(
         "ml_dtypes>=0.5",
         "numpy>=1.26",
         "tqdm>=4.60",
+        "grain>=0.2.10",
+        "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # Audio decoding and resampling for the speech pipelines and speech training data.
+        "audio": ["librosa>=0.10", "soundfile>=0.12"],
+        "test": ["pytest>=8", "librosa>=0.10", "soundfile>=0.12"],
     },
     entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:main"]},
 )
