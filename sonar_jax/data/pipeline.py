@@ -1,0 +1,289 @@
+"""The grain pipeline for text training: parallel text -> token-budget batches for the multi-loss
+step, with an iterator whose state resumes on the exact next batch.
+
+Per host: the source is sharded (`shard_index::shard_count`, default this process of all),
+shuffled (a new order every epoch), repeated, and cut into windows of `window_size` records.
+Each window is tokenized in source mode (`[lang] pieces [eos]`, truncated to max_len keeping
+eos), its targets are noised (noise.py), and it is batched per length bucket (buckets.py): one
+grain map step, so it runs in the grain worker processes when `num_workers > 0`. Batches are
+
+    {"source": [B, L], "target": [B, L], "noised_target": [B, L]}   int32, 0-padded
+
+(`noised_target` only with noise on), one (B, L) per bucket; pad rows are all 0. The loop counts
+real target tokens itself (`np.count_nonzero(batch["target"])`).
+
+Multi-host: when a window is loaded, the processes agree (one small all-gather) on how many
+batches of each bucket it has, and a shared seed orders them, so every host yields the same
+shape at every step, and the same number of batches in a finite (eval) pass: hosts with fewer
+examples add all-pad batches.
+
+Resume: the iterator state is the state of the window stream before the current window, the
+window count, and the batches already taken; restoring recomputes that window (deterministic:
+every random choice comes from the seed and the position in the stream) and skips those batches.
+The state is JSON (grain's `grain.checkpoint.CheckpointHandler`, which sonar_jax/checkpoint.py
+saves with the model, or `state_to_json` / `state_from_json`).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags as absl_flags
+from jax.experimental import multihost_utils
+
+from sonar_jax.data import buckets
+from sonar_jax.data.noise import DenoisingNoise, keyed_rng, word_start_table
+from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
+from sonar_jax.tokenizer import EOS, NllbTokenizer
+
+_NOISE_STREAM, _ORDER_STREAM = 0, 1  # keep noise and batch-order randomness independent
+_MIN_SHM_BYTES = 64 << 20
+
+
+def text_data_config() -> ml_collections.ConfigDict:
+    """Defaults for the text data config; every field the pipeline reads is here."""
+    cfg = ml_collections.ConfigDict()
+    cfg.format = "tsv"  # "tsv" | "flores" | "tfds"
+    cfg.path = ""  # TSV file(s) (comma-separated), FLORES root folder, or tfds dataset name
+    cfg.split = "dev"  # FLORES split folder / tfds split
+    cfg.pairs = "*-*"  # FLORES: comma-separated "src-tgt"; "*" = every language in the folder
+    cfg.src_lang = ""  # TSV without language columns, and tfds
+    cfg.tgt_lang = ""
+    cfg.src_field = ""  # tfds: feature names of the two texts
+    cfg.tgt_field = ""
+    cfg.tfds_data_dir = ""
+    cfg.max_len = 512  # tokens per row, [lang] and eos included; longer rows are truncated
+    cfg.batch_max_tokens = 8192  # rows x padded length of each array of a host batch
+    # Padded lengths; () = powers of two from 8 up to max_len. Denser buckets pad less for a few
+    # more compiled shapes (on mixed-length pairs: 60% real tokens with powers of two, 71% with
+    # 16, 24, 32, 48, ..., 256).
+    cfg.length_buckets = ()
+    # Records batched together: each window ends with one partly filled batch per bucket, and a
+    # resume recomputes one window. 16384 keeps ~90% of rows real on mixed-length pairs.
+    cfg.window_size = 16384
+    cfg.shuffle = True
+    cfg.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
+    cfg.num_workers = 0  # grain worker processes (0: tokenize in the training process)
+    cfg.worker_buffer_size = 2  # windows each worker prepares ahead
+    cfg.read_threads = 1  # threads per process reading and tokenizing windows
+    cfg.noise = ml_collections.ConfigDict(dict(
+        enabled=True, mask_ratio=0.35, poisson_lambda=3.5, word_drop=0.0, shuffle_distance=0))
+    return cfg
+
+
+def make_source(cfg: ml_collections.ConfigDict):
+    """The record source the config names (text.py)."""
+    if not cfg.path:
+        raise ValueError("the text data config has no path")
+    if cfg.format == "tsv":
+        return TsvSource([p.strip() for p in cfg.path.split(",")],
+                         src_lang=cfg.src_lang or None, tgt_lang=cfg.tgt_lang or None)
+    if cfg.format == "flores":
+        return FloresSource(cfg.path, cfg.split, [p.strip() for p in cfg.pairs.split(",")])
+    if cfg.format == "tfds":
+        return TfdsSource(cfg.path, cfg.split, src_field=cfg.src_field, tgt_field=cfg.tgt_field,
+                          src_lang=cfg.src_lang, tgt_lang=cfg.tgt_lang,
+                          data_dir=cfg.tfds_data_dir or None)
+    raise ValueError(f"unknown text data format {cfg.format!r}; expected tsv, flores or tfds")
+
+
+class _Window:
+    """A window of records -> its batches per bucket; picklable, so it runs in grain workers.
+
+    Texts are tokenized with one SentencePiece call per language (about 10x faster than one call
+    per text). Targets are noised in order with one Generator per window, drawn from (seed,
+    shard, window number): a window is the unit of work of a grain worker and of the iterator
+    state, so the noise does not depend on the worker count and survives a resume (and one
+    Generator per window costs less than the noise itself, unlike one per example).
+    """
+
+    def __init__(self, tokenizer: NllbTokenizer, plan: buckets.BucketPlan, max_len: int,
+                 noise: DenoisingNoise | None, seed: int, shard_index: int):
+        self._tokenizer, self._plan, self._max_len, self._noise = tokenizer, plan, max_len, noise
+        self._keys = (seed, _NOISE_STREAM, shard_index)
+
+    def _tokens(self, texts: list[str], langs: list[str]) -> list[np.ndarray]:
+        by_lang = collections.defaultdict(list)
+        for position, lang in enumerate(langs):
+            by_lang[lang].append(position)
+        out = [None] * len(texts)
+        for lang, positions in by_lang.items():
+            encoded = self._tokenizer.encode_batch([texts[p] for p in positions], lang)
+            for position, ids in zip(positions, encoded):
+                if len(ids) > self._max_len:
+                    ids = ids[:self._max_len - 1] + [EOS]
+                out[position] = np.asarray(ids, np.int32)
+        return out
+
+    def __call__(self, index: int, records: list) -> list[list[dict[str, np.ndarray]]]:
+        sources = self._tokens([r["src_text"] for r in records], [r["src_lang"] for r in records])
+        targets = self._tokens([r["tgt_text"] for r in records], [r["tgt_lang"] for r in records])
+        rows = [{"source": source, "target": target} for source, target in zip(sources, targets)]
+        if self._noise is not None:
+            rng = keyed_rng(*self._keys, index)
+            for row in rows:
+                row["noised_target"] = self._noise(row["target"], rng)
+        return buckets.group(rows, self._plan)
+
+
+def _max_over_hosts(counts: np.ndarray) -> np.ndarray:
+    """Elementwise max of `counts` over all processes (every process calls this in step)."""
+    if jax.process_count() == 1:
+        return counts
+    return np.max(multihost_utils.process_allgather(counts), axis=0)
+
+
+class _BatchIterDataset(grain.IterDataset):
+    """Yields the batches of each window, in an order and number that all hosts agree on."""
+
+    def __init__(self, parent: grain.IterDataset, plan: buckets.BucketPlan, keys: tuple,
+                 seed: int):
+        super().__init__(parent)
+        self._plan, self._keys, self._seed = plan, keys, seed
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _BatchIterator(self._parent.__iter__(), self._plan, self._keys, self._seed)
+
+
+class _BatchIterator(grain.DatasetIterator):
+    """State: the window stream's state before the current window, the number of windows
+    loaded (the current one included) and the batches taken from the current one.
+
+    Loading a window agrees with the other hosts on its batch counts (`_max_over_hosts`); a host
+    whose data ran out contributes all-pad batches until every host's has. `set_state` only
+    records the position; the next `next` recomputes the window, so a restore (which orbax may
+    run in a background thread) never enters the collective.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, plan: buckets.BucketPlan, keys: tuple,
+                 seed: int):
+        super().__init__(parent)
+        self._plan, self._keys, self._seed = plan, keys, seed
+        self._window_state = parent.get_state()
+        self._loaded, self._batches, self._taken = 0, [], 0
+        self._skip = 0  # batches of the restored window to drop once it is recomputed
+
+    def _load(self, number: int) -> None:
+        """Makes window `number` (the parent's next element) current; at the end of the data,
+        raises StopIteration before changing any state."""
+        window_state = self._parent.get_state()
+        try:
+            groups = next(self._parent)
+        except StopIteration:
+            groups = [[] for _ in self._plan.lengths]
+        counts = _max_over_hosts(np.array([len(g) for g in groups], np.int32))
+        if not counts.any():
+            raise StopIteration
+        rng = keyed_rng(self._seed, _ORDER_STREAM, number)
+        batches = buckets.schedule(groups, counts, self._plan, self._keys, rng)
+        self._window_state, self._batches, self._taken = window_state, batches, 0
+        self._loaded = number + 1
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._skip:
+            self._load(self._loaded - 1)
+            self._taken, self._skip = self._skip, 0
+        if self._taken >= len(self._batches):
+            self._load(self._loaded)
+        self._taken += 1
+        return self._batches[self._taken - 1]
+
+    def get_state(self) -> dict[str, Any]:
+        return {"window": self._window_state, "loaded": self._loaded,
+                "taken": self._skip or self._taken}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["window"])
+        self._window_state, self._loaded = state["window"], state["loaded"]
+        self._batches, self._taken, self._skip = [], 0, state["taken"]
+
+
+def _iterator(cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *, rows_multiple: int,
+              seed: int, shuffle: bool, num_epochs: int | None, shard_index: int | None,
+              shard_count: int | None) -> grain.DatasetIterator:
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if seed < 0:
+        raise ValueError(f"the data seed must be >= 0, got {seed}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    if cfg.max_len < 3:
+        raise ValueError(f"max_len {cfg.max_len} leaves no room for text between [lang] and eos")
+    source = make_source(cfg)
+    for lang in getattr(source, "langs", ()):
+        tokenizer.lang_id(lang)  # unknown codes fail here, not inside a worker
+    plan = buckets.BucketPlan.build(max_len=cfg.max_len, batch_max_tokens=cfg.batch_max_tokens,
+                                    rows_multiple=rows_multiple, lengths=tuple(cfg.length_buckets))
+    noise = None
+    if cfg.noise.enabled:
+        table = (word_start_table(tokenizer.spm_path, tokenizer.vocab_size)
+                 if cfg.noise.word_drop > 0 else None)
+        noise = DenoisingNoise(mask_ratio=cfg.noise.mask_ratio,
+                               poisson_lambda=cfg.noise.poisson_lambda,
+                               word_drop=cfg.noise.word_drop,
+                               shuffle_distance=cfg.noise.shuffle_distance, word_start=table)
+
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index} of {shard_count} is empty: the data has only "
+                         f"{len(source)} records")
+    if shuffle:
+        ds = ds.shuffle(seed=seed % 2**32)
+    ds = ds.repeat(num_epochs)
+    ds = ds.batch(cfg.window_size, batch_fn=list).map_with_index(
+        _Window(tokenizer, plan, cfg.max_len, noise, seed, shard_index))
+    windows = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                                   prefetch_buffer_size=cfg.worker_buffer_size))
+    if cfg.num_workers > 0:
+        # grain 0.2.18 reads an absl flag when starting workers and fails if the program never
+        # parsed flags (google/grain#1355, fixed upstream): use the flag defaults then.
+        if not absl_flags.FLAGS.is_parsed():
+            absl_flags.FLAGS.mark_as_parsed()
+        # Batches are small: pickle them instead of leaving one shared-memory block per array
+        # (containers often get a 64 MB /dev/shm; buffered blocks leak when a worker restarts).
+        windows = grain.experimental.WithOptionsIterDataset(
+            windows, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES))
+        windows = windows.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+    keys = ("source", "target") + (("noised_target",) if noise is not None else ())
+    return iter(_BatchIterDataset(windows, plan, keys, seed))
+
+
+def make_text_train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *,
+                             rows_multiple: int, seed: int, shard_index: int | None = None,
+                             shard_count: int | None = None) -> grain.DatasetIterator:
+    """Training batches of this host's shard, epoch after epoch (`num_epochs`, None: forever).
+
+    rows_multiple: every batch's rows are a multiple of it (local devices x grad-accum steps).
+    seed: the run seed; shuffling, noise and batch order follow from it and the stream position.
+    With several processes, all of them must draw batches in step: loading a window is a
+    collective (the bucket-count all-gather).
+    """
+    return _iterator(data_cfg, tokenizer, rows_multiple=rows_multiple, seed=seed,
+                     shuffle=data_cfg.shuffle, num_epochs=data_cfg.num_epochs,
+                     shard_index=shard_index, shard_count=shard_count)
+
+
+def make_text_eval_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *,
+                            rows_multiple: int, seed: int = 0, shard_index: int | None = None,
+                            shard_count: int | None = None) -> grain.DatasetIterator:
+    """One unshuffled pass over this host's shard in the training batch format (dev loss); all
+    hosts yield the same number of batches, so a sharded eval step never waits for a host."""
+    return _iterator(data_cfg, tokenizer, rows_multiple=rows_multiple, seed=seed, shuffle=False,
+                     num_epochs=1, shard_index=shard_index, shard_count=shard_count)
+
+
+def state_to_json(iterator: grain.DatasetIterator) -> bytes:
+    """The iterator's position as JSON bytes (to store next to a checkpoint)."""
+    return json.dumps(iterator.get_state()).encode()
+
+
+def state_from_json(iterator: grain.DatasetIterator, data: bytes) -> None:
+    """Moves `iterator` (built with the same config, seed and shard) to a saved position."""
+    iterator.set_state(json.loads(data))
