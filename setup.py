@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.60",
         "grain>=0.2.10",
         "tensorboardX>=2.6",
+        "sacrebleu>=2.4",
     ],
     extras_require={
         # Audio decoding and resampling for the speech pipelines and speech training data.
