@@ -7,6 +7,8 @@ _EXPORTS = {
     "TextToEmbeddingModelPipeline": "sonar_jax.pipelines",
     "EmbeddingToTextModelPipeline": "sonar_jax.pipelines",
     "TextToTextModelPipeline": "sonar_jax.pipelines",
+    "SpeechToEmbeddingModelPipeline": "sonar_jax.speech_pipelines",
+    "SpeechToTextModelPipeline": "sonar_jax.speech_pipelines",
     "TopKSampler": "sonar_jax.generate",
     "TopPSampler": "sonar_jax.generate",
     "load_model": "sonar_jax.model_dir",

@@ -57,6 +57,41 @@ def _encode(args: argparse.Namespace) -> None:
     print(f"wrote {count} embeddings to {output}", file=sys.stderr)
 
 
+def _audio_inputs(inputs: list[str]) -> list[str]:
+    """Audio paths from `--input`: audio files as given, and list files (.txt / .lst) read as one
+    path a line, relative to the list's folder (blank lines and # comments skipped)."""
+    paths = []
+    for item in inputs:
+        if item.endswith((".txt", ".lst")):
+            folder = os.path.dirname(item)
+            with open(item, encoding="utf-8") as lines:
+                paths += [os.path.join(folder, line.strip()) for line in lines
+                          if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            paths.append(item)
+    if not paths:
+        raise ValueError("no audio inputs: --input names no audio file")
+    return paths
+
+
+def _speech_encode(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
+
+    if args.output is None and len(args.input) != 1:
+        raise ValueError("pass --output when --input names several files")
+    output = args.output or args.input[0] + ".npy"
+    _check_new(output, args.overwrite)
+    paths = _audio_inputs(args.input)
+    pipeline = SpeechToEmbeddingModelPipeline(args.model, dtype=args.dtype)
+    embeddings = pipeline.predict(paths, batch_size=args.batch_size,
+                                  batch_max_frames=args.batch_max_frames,
+                                  progress_bar=not args.quiet)
+    np.save(output, embeddings)
+    print(f"wrote {len(embeddings)} embeddings to {output}", file=sys.stderr)
+
+
 def _decode(args: argparse.Namespace) -> None:
     from sonar_jax import streaming
     from sonar_jax.pipelines import EmbeddingToTextModelPipeline
@@ -102,11 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="convert a released SONAR .pt checkpoint (no torch needed)")
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="new directory to create (must not exist)")
-    convert.add_argument("--model", required=True, choices=["text_encoder", "text_decoder"])
+    convert.add_argument("--model", required=True,
+                         choices=["text_encoder", "text_decoder", "speech_encoder"])
     convert.add_argument("--num-heads", type=int, default=16,
-                         help="attention heads (not inferable from shapes; released models: 16)")
-    convert.add_argument("--tokenizer", required=True,
-                         help="SentencePiece model of the checkpoint (copied into OUT_DIR)")
+                         help="attention heads (not inferable from shapes; released models: "
+                              "16; for a speech encoder, the pooler's)")
+    convert.add_argument("--tokenizer", default=None,
+                         help="SentencePiece model of a text checkpoint (copied into OUT_DIR; "
+                              "speech encoders have none)")
     convert.add_argument("--langs", default=None,
                          help=f"comma-separated language codes or a file with one a line, in id "
                               f"order (default: the released list, {DEFAULT_LANGS_FILE.name})")
@@ -123,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-max-tokens", type=int, default=None)
     _add_common(encode, batch_size=64)
     encode.set_defaults(run=_encode)
+
+    speech = commands.add_parser("speech-encode", help="embed audio files into a .npy")
+    speech.add_argument("--model", required=True, help="converted speech encoder directory")
+    speech.add_argument("--input", required=True, nargs="+",
+                        help="audio files, and/or .txt/.lst files listing one audio path a line "
+                             "(relative to the list); embeddings keep this order")
+    speech.add_argument("--output", help="the .npy to write (default: INPUT.npy for one input)")
+    speech.add_argument("--batch-max-frames", type=int, default=None,
+                        help="bound on rows × longest utterance per batch, in 10 ms frames")
+    _add_common(speech, batch_size=16)
+    speech.set_defaults(run=_speech_encode)
 
     decode = commands.add_parser("decode", help="turn embeddings (.npy) into text")
     decode.add_argument("--model", required=True, help="converted text decoder directory")

@@ -27,8 +27,26 @@ def to_jnp_dtype(name: str):
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
 
 
+class _DictConfig:
+    """replace / to_dict / from_dict shared by the frozen config dataclasses."""
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
-class TextModelConfig:
+class TextModelConfig(_DictConfig):
     """Sizes of a SONAR text encoder or decoder (NLLB-shaped Transformer).
 
     `max_seq_len` counts positions the sinusoidal table covers: 514 for the released encoder
@@ -61,19 +79,66 @@ class TextModelConfig:
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
 
-    def replace(self, **changes: Any) -> "TextModelConfig":
-        return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+@dataclasses.dataclass(frozen=True)
+class SpeechModelConfig(_DictConfig):
+    """Sizes of a SONAR speech encoder: w2v-BERT Conformer + attention pooler.
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "TextModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+    `max_seq_len` bounds the frames after stacking `fbank_stride` fbank frames (4096 ≈ 82 s of
+    audio for the released models: the reference's relative-position table has that many rows).
+    The pooler is a post-LN Transformer decoder reading the Conformer output; its query is row
+    `bos_idx` of a `pooler_vocab_size`-row table.
+    """
+
+    model_dim: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 4096
+    num_fbank_channels: int = 80
+    fbank_stride: int = 2
+    depthwise_kernel_size: int = 31
+    max_seq_len: int = 4096
+    pooler_layers: int = 3
+    pooler_heads: int = 16
+    pooler_ffn_dim: int = 4096
+    pooler_vocab_size: int = 1024
+    bos_idx: int = 2
+    layer_norm_eps: float = 1e-5
+    batch_norm_eps: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        for dim, heads, what in ((self.model_dim, self.num_heads, "num_heads"),
+                                 (self.model_dim, self.pooler_heads, "pooler_heads")):
+            if dim % heads:
+                raise ValueError(f"model_dim {dim} is not divisible by {what} {heads}")
+        if self.model_dim % 2:
+            raise ValueError(f"model_dim {self.model_dim} must be even for sinusoidal positions")
+        if not 0 <= self.bos_idx < self.pooler_vocab_size:
+            raise ValueError(f"bos_idx {self.bos_idx} is outside the pooler's "
+                             f"{self.pooler_vocab_size}-row embedding table")
+        to_jnp_dtype(self.dtype)
+        to_jnp_dtype(self.param_dtype)
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one stacked input frame (fbank channels × stride)."""
+        return self.num_fbank_channels * self.fbank_stride
+
+    def pooler_config(self) -> TextModelConfig:
+        """The pooler's decoder layers are NLLB-shaped Transformer layers of these sizes."""
+        return TextModelConfig(vocab_size=self.pooler_vocab_size, model_dim=self.model_dim,
+                               num_layers=self.pooler_layers, num_heads=self.pooler_heads,
+                               ffn_dim=self.pooler_ffn_dim, max_seq_len=1, pad_idx=1,
+                               layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+                               param_dtype=self.param_dtype, remat_policy=self.remat_policy)
+
 
 
 def load_config_file(name_or_path: str):
@@ -98,6 +163,13 @@ def text_model_config(name_or_path: str, part: str, **overrides: Any) -> TextMod
     values = dict(config[part])
     values.update(overrides)
     return TextModelConfig.from_dict(values)
+
+
+def speech_model_config(name_or_path: str, **overrides: Any) -> SpeechModelConfig:
+    """The SpeechModelConfig of a config file (e.g. 'speech_english'), plus overrides."""
+    values = dict(load_config_file(name_or_path))
+    values.update(overrides)
+    return SpeechModelConfig.from_dict(values)
 
 
 def dump_json(obj: dict, path: pathlib.Path) -> None:

@@ -1,10 +1,12 @@
 """Converted model directories: self-contained, written atomically, loaded without torch.
 
 Layout:
-    config.json        {"format": 1, "kind": "text_encoder"|"text_decoder", "model": {...}}
+    config.json        {"format": 1, "kind": "text_encoder"|"text_decoder"|"speech_encoder",
+                        "model": {...}}
     params/            orbax parameter tree (sonar_jax.checkpoint)
-    tokenizer.model    the SentencePiece model
-    langs.txt          the language list, one code a line (its order fixes the language ids)
+    tokenizer.model    the SentencePiece model (text models only)
+    langs.txt          the language list, one code a line (its order fixes the language ids;
+                       text models only: a speech encoder reads audio, not tokens)
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any, Iterator, Sequence
 from flax import nnx
 
 from sonar_jax import checkpoint
-from sonar_jax.config import TextModelConfig
+from sonar_jax.config import SpeechModelConfig, TextModelConfig
 from sonar_jax.tokenizer import NllbTokenizer
 
 FORMAT_VERSION = 1
+CONFIG_CLASSES = {"text_encoder": TextModelConfig, "text_decoder": TextModelConfig,
+                  "speech_encoder": SpeechModelConfig}
 CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
 
 
@@ -48,24 +52,31 @@ def atomic_directory(out_dir: str | pathlib.Path) -> Iterator[pathlib.Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_model_dir(out_dir: str | pathlib.Path, kind: str, cfg: TextModelConfig, params: Any,
-                    tokenizer: NllbTokenizer) -> pathlib.Path:
-    """Writes a converted model directory; the tokenizer's vocabulary must match the model's."""
-    if tokenizer.vocab_size != cfg.vocab_size:
+def write_model_dir(out_dir: str | pathlib.Path, kind: str,
+                    cfg: TextModelConfig | SpeechModelConfig, params: Any,
+                    tokenizer: NllbTokenizer | None) -> pathlib.Path:
+    """Writes a converted model directory; a text model's tokenizer must match its vocabulary,
+    a speech encoder has none."""
+    if (tokenizer is None) != (kind == "speech_encoder"):
+        raise ValueError(f"a {kind} directory " + ("has no tokenizer" if tokenizer is not None
+                                                    else "needs its tokenizer"))
+    if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(
             f"the tokenizer ({tokenizer.spm_path.name} with {len(tokenizer.langs)} languages) has "
             f"{tokenizer.vocab_size} ids but the model has {cfg.vocab_size} embedding rows; pass "
             "the SentencePiece model and language list this checkpoint was trained with")
     with atomic_directory(out_dir) as tmp:
         checkpoint.save_params(tmp / PARAMS_DIR, params)
-        shutil.copyfile(tokenizer.spm_path, tmp / SPM_FILE)
-        (tmp / LANGS_FILE).write_text("\n".join(tokenizer.langs) + "\n")
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer.spm_path, tmp / SPM_FILE)
+            (tmp / LANGS_FILE).write_text("\n".join(tokenizer.langs) + "\n")
         config = {"format": FORMAT_VERSION, "kind": kind, "model": cfg.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return pathlib.Path(out_dir)
 
 
-def read_config(model_dir: str | pathlib.Path) -> tuple[str, TextModelConfig]:
+def read_config(model_dir: str | pathlib.Path
+                ) -> tuple[str, TextModelConfig | SpeechModelConfig]:
     """(kind, config) of a converted directory, with errors that say what is wrong."""
     path = pathlib.Path(model_dir) / CONFIG_FILE
     if not path.is_file():
@@ -75,11 +86,17 @@ def read_config(model_dir: str | pathlib.Path) -> tuple[str, TextModelConfig]:
     if config.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: format {config.get('format')!r} is not supported "
                          f"(this sonar_jax reads format {FORMAT_VERSION})")
-    return config["kind"], TextModelConfig.from_dict(config["model"])
+    if config.get("kind") not in CONFIG_CLASSES:
+        raise ValueError(f"{path}: unknown model kind {config.get('kind')!r}; this sonar_jax "
+                         f"reads {sorted(CONFIG_CLASSES)}")
+    return config["kind"], CONFIG_CLASSES[config["kind"]].from_dict(config["model"])
 
 
 def load_tokenizer(model_dir: str | pathlib.Path) -> NllbTokenizer:
     model_dir = pathlib.Path(model_dir)
+    if not (model_dir / SPM_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir} has no {SPM_FILE}: it is not a converted text "
+                                "model (speech encoders have no tokenizer; pass the decoder's)")
     return NllbTokenizer(model_dir / SPM_FILE, (model_dir / LANGS_FILE).read_text().split())
 
 
@@ -92,6 +109,7 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
     sharding: as in `checkpoint.restore_params`. No random initialisation happens: the module is
     built abstractly and its state replaced by the restored arrays.
     """
+    from sonar_jax.models.speech_encoder import SpeechEncoder
     from sonar_jax.models.text_decoder import TextDecoder
     from sonar_jax.models.text_encoder import TextEncoder
 
@@ -104,7 +122,8 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
     if param_dtype is not None:
         overrides["param_dtype"] = param_dtype
     cfg = cfg.replace(**overrides)
-    model_cls = {"text_encoder": TextEncoder, "text_decoder": TextDecoder}[kind]
+    model_cls = {"text_encoder": TextEncoder, "text_decoder": TextDecoder,
+                 "speech_encoder": SpeechEncoder}[kind]
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = checkpoint.restore_params(pathlib.Path(model_dir) / PARAMS_DIR,

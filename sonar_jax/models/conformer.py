@@ -1,0 +1,156 @@
+"""w2v-BERT Conformer blocks (the SONAR speech encoder's trunk), as fairseq2 builds them.
+
+Each block: half-step SiLU FFN, Transformer-XL relative-position self-attention, the convolution
+module (pointwise → GLU → depthwise → BatchNorm with running statistics → SiLU → pointwise),
+a second half-step FFN, and a block LayerNorm. Padded frames are masked as keys and zeroed before
+the depthwise convolution, so a sequence's output does not depend on the padding around it.
+Submodule names follow the fairseq2 state-dict names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sonar_jax.config import SpeechModelConfig, to_jnp_dtype
+from sonar_jax.models.layers import layer_norm, linear
+
+
+def relative_position_table(seq_len: int, dim: int) -> jax.Array:
+    """[2·seq_len − 1, dim] encodings of relative positions seq_len−1 … −(seq_len−1).
+
+    Transformer-XL layout as fairseq2's RelativePositionalEncoding: sin on even channels, cos on
+    odd ones, frequency exp(−2j·ln(10⁴)/dim) computed in float32 like the reference. Built on
+    device (a 4096-frame table is 33 MB: too big to embed as a constant).
+    """
+    indices = np.arange(0, dim, 2, dtype=np.float32)
+    freqs = np.exp(((indices * np.float32(-math.log(10000.0))) / np.float32(dim))
+                   .astype(np.float64)).astype(np.float32)
+    steps = jnp.arange(seq_len - 1, -seq_len, -1, dtype=jnp.float32)
+    angles = steps[:, None] * jnp.asarray(freqs)[None, :]
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(2 * seq_len - 1, dim)
+
+
+def shift_relative_scores(bd: jax.Array) -> jax.Array:
+    """[..., S, 2S−1] scores against relative positions → [..., S, S] scores against keys.
+
+    fairseq2's `_shift_bd`, step for step (pad one column on the left, view as [2S, S], drop the
+    first row, view back, keep S columns): entry (i, j) becomes bd[i, S − 1 − i + j], the score of
+    relative position i − j.
+    """
+    *batch, s, width = bd.shape
+    x = jnp.pad(bd, [(0, 0)] * len(batch) + [(0, 0), (1, 0)])
+    x = x.reshape(*batch, width + 1, s)[..., 1:, :]
+    return x.reshape(*batch, s, width)[..., :s]
+
+
+class RelativePositionAttention(nnx.Module):
+    """Multi-head self-attention with Transformer-XL relative positions.
+
+    scores = ((q + u)·kᵀ + shift((q + v)·rᵀ)) / sqrt(head_dim), r = r_proj(table) with a bias-free
+    r_proj. The position term becomes the additive bias of `jax.nn.dot_product_attention`.
+    """
+
+    def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
+        self.num_heads = cfg.num_heads
+        dim = cfg.model_dim
+        qkv_gain = 1 / math.sqrt(2)  # fairseq2 initialises q/k/v with Xavier gain 2^-1/2
+        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
+        self.output_proj = linear(cfg, dim, dim, rngs)
+        self.r_proj = linear(cfg, dim, dim, rngs, use_bias=False)
+        bias_init = jax.nn.initializers.glorot_normal()
+        param_dtype = to_jnp_dtype(cfg.param_dtype)
+        self.u_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_heads, cfg.head_dim),
+                                          param_dtype))
+        self.v_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_heads, cfg.head_dim),
+                                          param_dtype))
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+
+    def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
+        """x [B, S, D]; keys at and beyond seq_lens[b] are masked."""
+        seq_len, dtype = x.shape[1], x.dtype
+        q, k, v = (self._heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        r = self._heads(self.r_proj(relative_position_table(seq_len, x.shape[-1]).astype(dtype)))
+        q_v = q + self.v_bias[...].astype(dtype)
+        bd = jnp.einsum("bshd,rhd->bhsr", q_v, r, preferred_element_type=jnp.float32)
+        bias = shift_relative_scores(bd) * (q.shape[-1] ** -0.5)
+        q_u = q + self.u_bias[...].astype(dtype)
+        out = jax.nn.dot_product_attention(q_u, k, v, bias=bias.astype(dtype),
+                                           key_value_seq_lengths=seq_lens)
+        return self.output_proj(out.reshape(*out.shape[:-2], -1))
+
+
+class SwishFeedForward(nnx.Module):
+    """Linear(D→F) → SiLU → Linear(F→D), both with bias (the Conformer's macaron FFN)."""
+
+    def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
+        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs)
+        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.output_proj(jax.nn.silu(self.inner_proj(x)))
+
+
+class ConvolutionModule(nnx.Module):
+    """Pointwise(D→2D) → GLU → depthwise (kernel K, "same") → BatchNorm → SiLU → pointwise(D→D).
+
+    The pointwise convolutions (kernel 1, no bias) are bias-free Linear layers; the depthwise
+    kernel is stored [K, D]. BatchNorm runs in inference mode on its running statistics.
+    """
+
+    def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
+        dim, param_dtype = cfg.model_dim, to_jnp_dtype(cfg.param_dtype)
+        self.kernel_size = cfg.depthwise_kernel_size
+        self.pointwise_conv1 = linear(cfg, dim, 2 * dim, rngs, use_bias=False)
+        # PyTorch's Conv1d default: uniform with variance 1 / (3 · fan_in), fan_in = K here.
+        conv_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        self.depthwise_conv = nnx.Param(conv_init(rngs.params(), (self.kernel_size, dim),
+                                                  param_dtype))
+        self.batch_norm = nnx.BatchNorm(dim, use_running_average=True, momentum=0.9,
+                                        epsilon=cfg.batch_norm_eps,
+                                        dtype=to_jnp_dtype(cfg.dtype), param_dtype=param_dtype,
+                                        rngs=rngs)
+        self.pointwise_conv2 = linear(cfg, dim, dim, rngs, use_bias=False)
+
+    def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
+        valid = jnp.arange(x.shape[1])[None, :] < seq_lens[:, None]
+        x = jnp.where(valid[..., None], x, 0)
+        x = jax.nn.glu(self.pointwise_conv1(x), axis=-1)
+        # PyTorch "same" padding: (K − 1) // 2 on the left, the rest on the right.
+        left = (self.kernel_size - 1) // 2
+        kernel = self.depthwise_conv[...].astype(x.dtype)[:, None, :]  # [K, 1, D]
+        x = jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(1,), padding=[(left, self.kernel_size - 1 - left)],
+            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x.shape[-1])
+        x = jax.nn.silu(self.batch_norm(x))
+        return self.pointwise_conv2(x)
+
+
+class ConformerBlock(nnx.Module):
+    """x + ½FFN1(LN x); + MHA_rel(LN x); + Conv(LN x); + ½FFN2(LN x); then LN (POST order)."""
+
+    def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
+        self.ffn1_layer_norm = layer_norm(cfg, rngs)
+        self.ffn1 = SwishFeedForward(cfg, rngs)
+        self.self_attn_layer_norm = layer_norm(cfg, rngs)
+        self.self_attn = RelativePositionAttention(cfg, rngs)
+        self.conv_layer_norm = layer_norm(cfg, rngs)
+        self.conv = ConvolutionModule(cfg, rngs)
+        self.ffn2_layer_norm = layer_norm(cfg, rngs)
+        self.ffn2 = SwishFeedForward(cfg, rngs)
+        self.layer_norm = layer_norm(cfg, rngs)
+
+    def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
+        x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
+        x = x + self.self_attn(self.self_attn_layer_norm(x), seq_lens)
+        x = x + self.conv(self.conv_layer_norm(x), seq_lens)
+        x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
+        return self.layer_norm(x)
