@@ -38,7 +38,8 @@ def _no_copy_handler() -> ocp.PyTreeCheckpointHandler:
 
 
 def save_params(path: str | pathlib.Path, params: Any) -> None:
-    """Writes `params` (a pytree of numpy/jax arrays) to a new orbax directory `path`.
+    """Writes `params` (a pytree of numpy or fully addressable jax arrays) to a new orbax
+    directory `path`.
 
     Synchronous, and numpy leaves are written without a copy: peak memory stays at the size of
     `params` (converting a 3 GB checkpoint must not need twice that).
@@ -46,7 +47,11 @@ def save_params(path: str | pathlib.Path, params: Any) -> None:
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
-    with ocp.Checkpointer(_no_copy_handler()) as checkpointer:
+    # A local write by the calling process alone: in a multi-process job, exports and
+    # conversions run on one process, and orbax would otherwise wait for the others.
+    this_process = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()})
+    with ocp.Checkpointer(_no_copy_handler(), multiprocessing_options=this_process) as checkpointer:
         checkpointer.save(path, args=ocp.args.PyTreeSave(params))
 
 
@@ -102,3 +107,53 @@ def _existing(path: str | pathlib.Path) -> pathlib.Path:
     if not path.is_dir():
         raise FileNotFoundError(f"no orbax checkpoint directory at {path}")
     return path
+
+
+class TrainCheckpoints:
+    """Training checkpoints: the train state and the data-iterator state saved as one step.
+
+    Saves are asynchronous (the step blocks only for the device-to-host copy), the newest
+    `keep` steps are kept, and restoring places every array on the shardings of an abstract
+    state, so a run may resume on a different mesh. The data iterator is saved by grain's
+    handler, one file per process, so every host resumes its own shard on the exact next batch.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3,
+                 async_save: bool = True):
+        import grain
+
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        self._grain = grain
+        self.directory = pathlib.Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "data"), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator: Any) -> None:
+        """Starts saving `state` and the iterator's position as `step` (forced, whatever the
+        cadence: the caller decides when to save)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=self._grain.checkpoint.CheckpointSave(data_iterator))
+        self._manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+        """The state saved at `step`, placed as `abstract_state`'s shardings say; the
+        iterator is moved to the position it had then (in place)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  data=self._grain.checkpoint.CheckpointRestore(data_iterator))
+        return self._manager.restore(step, args=args).state
+
+    def wait(self) -> None:
+        """Blocks until a pending asynchronous save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

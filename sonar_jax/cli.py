@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import pathlib
 import sys
 
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
+
+# Where `sonar-jax data build` keeps downloaded Debian packages between builds.
+DEFAULT_CACHE = pathlib.Path("~/.cache/sonar_jax/debian").expanduser()
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -115,6 +120,62 @@ def _translate(args: argparse.Namespace) -> None:
                                  progress=not args.quiet, **_generation_args(args))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from sonar_jax.evaluate import run_evaluation
+
+    if args.json:
+        _check_new(args.json, args.overwrite)
+    run_evaluation(data=args.data, split=args.split, langs=args.langs, pivot=args.pivot,
+                   encoder=args.encoder, decoder=args.decoder,
+                   speech_embeddings=args.speech_embeddings, text_embeddings=args.text_embeddings,
+                   transcripts=args.transcripts, margin=args.margin, k=args.k,
+                   compare="text" if args.text_comparison else "index",
+                   batch_size=args.batch_size, beam_size=args.beam_size,
+                   max_seq_len=args.max_seq_len, dtype=args.dtype, json_path=args.json,
+                   progress=not args.quiet)
+
+
+def _key_values(items: list[str] | None, kind: type, what: str) -> dict | None:
+    """['dev=0.2', 'train=0.6'] or ['dev=0.2,train=0.6'] -> {'dev': 0.2, 'train': 0.6}."""
+    if not items:
+        return None
+    out = {}
+    for pair in ",".join(items).split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what}: expected SPLIT=VALUE, got {pair!r}")
+        out[key.strip()] = kind(value)
+    return out
+
+
+def _data_build(args: argparse.Namespace) -> None:
+    from sonar_jax.data.corpora.build import build_corpus
+
+    options = {key: value for key, value in
+               (("speech", args.speech), ("source", args.source), ("workers", args.workers))
+               if value is not None}
+    if "speech" in options:
+        options["speech"] = [code for code in options["speech"].split(",") if code]
+    summary = build_corpus(args.name, args.out_dir, args.cache_dir,
+                           args.langs.split(",") if args.langs else None,
+                           fractions=_key_values(args.fractions, float, "--fractions"),
+                           limits=_key_values(args.limit, int, "--limit"),
+                           overwrite=args.overwrite, **options)
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def _data_sample(args: argparse.Namespace) -> None:
+    from sonar_jax.data.corpora.build import build_sample
+
+    print(json.dumps(build_sample(args.out_dir, args.cache_dir), indent=1, ensure_ascii=False))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from sonar_jax.train.entry import run_from_flags
+
+    run_from_flags(["sonar-jax train"] + args.flags)
+
+
 def _add_common(command: argparse.ArgumentParser, batch_size: int) -> None:
     command.add_argument("--batch-size", type=int, default=batch_size)
     command.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
@@ -192,6 +253,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation(translate)
     _add_common(translate, batch_size=16)
     translate.set_defaults(run=_translate)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="xsim/xsim++ retrieval, BLEU/chrF, speech-to-text retrieval")
+    evaluate.add_argument("--data", help="FLORES layout: DATA/SPLIT/LANG.SPLIT "
+                                         "(+ DATA/SPLIT_augmented/ for xsim++)")
+    evaluate.add_argument("--split", default="devtest")
+    evaluate.add_argument("--langs", default=None,
+                          help="comma-separated codes (default: every file of the split)")
+    evaluate.add_argument("--pivot", default="eng_Latn")
+    evaluate.add_argument("--encoder", help="converted text encoder directory (xsim)")
+    evaluate.add_argument("--decoder", help="converted text decoder directory (BLEU/chrF)")
+    evaluate.add_argument("--speech-embeddings", help=".npy of utterance embeddings")
+    evaluate.add_argument("--text-embeddings", help=".npy of their transcriptions' embeddings")
+    evaluate.add_argument("--transcripts", help="transcriptions, one a line (text comparison)")
+    evaluate.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
+    evaluate.add_argument("--k", type=int, default=4)
+    evaluate.add_argument("--text-comparison", action="store_true",
+                          help="count a retrieved duplicate of the gold sentence as right "
+                               "(LASER eval.py's default; ours: the gold index itself)")
+    evaluate.add_argument("--json", help="write the results as JSON")
+    _add_generation(evaluate)
+    _add_common(evaluate, batch_size=32)
+    evaluate.set_defaults(run=_evaluate)
+
+    data = commands.add_parser("data", help="build real multilingual corpora from Debian "
+                                            "packages (FLORES layout + audio manifests)")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    build = data_commands.add_parser("build", help="build one corpus")
+    build.add_argument("name", choices=["libreoffice", "firefox", "fillets", "lo-help", "espeak"])
+    build.add_argument("out_dir")
+    build.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
+                       help="downloaded .deb files are kept here (default: %(default)s)")
+    build.add_argument("--langs", help="comma-separated locale codes of the source "
+                                       "(espeak: NLLB codes); default: the builder's set")
+    build.add_argument("--fractions", action="append",
+                       help="share of rows per split, e.g. dev=0.2,devtest=0.2,train=0.6")
+    build.add_argument("--limit", action="append",
+                       help="at most N rows in a split (a stable subset), e.g. dev=200")
+    build.add_argument("--speech", help="fillets: locales whose recordings to add, e.g. cs,nl")
+    build.add_argument("--source", help="espeak: a built corpus whose sentences to synthesise")
+    build.add_argument("--workers", type=int, help="espeak: synthesis processes")
+    build.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    build.set_defaults(run=_data_build)
+    sample = data_commands.add_parser("sample", help="rebuild the committed sample (data/sample)")
+    sample.add_argument("out_dir")
+    sample.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    sample.set_defaults(run=_data_sample)
+
+    train = commands.add_parser(
+        "train", help="train (same flags as launch/train.py: --config=FILE[:VARIANT] "
+                      "--workdir=DIR [--config.section.field=VALUE ...])")
+    train.add_argument("flags", nargs=argparse.REMAINDER)
+    train.set_defaults(run=_train)
     return parser
 
 

@@ -3,6 +3,11 @@ multi-head attention (with an optional fixed-size KV cache), the ReLU feed-forwa
 masked mean pooling, and the scanned layer stack.
 
 Names of submodules follow the fairseq2 state-dict names so the converter is a readable rename.
+
+Every parameter carries logical axis names (NNX metadata `out_sharding`, never applied eagerly, so
+no mesh is needed to build or run a model); `sonar_jax.sharding` maps them to mesh axes. Stacked
+layers add a leading "layers" axis. Activations are constrained with `sharding.constrain`, which is
+the identity unless a training step runs under `sharding.activation_rules`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
+from sonar_jax.sharding import constrain
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
@@ -46,19 +52,32 @@ def sinusoidal_table(num_positions: int, dim: int, offset: int = 2) -> np.ndarra
     return table
 
 
+LAYERS_AXIS = "layers"  # logical name of the stacked-layer axis
+
+
+def axes_metadata(*names: str) -> dict:
+    """Variable metadata naming the logical axes of a parameter (not sharded at creation)."""
+    return {"out_sharding": tuple(names), "eager_sharding": False}
+
+
 def layer_norm(cfg: TextModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm with the reference's eps; statistics are computed in float32 (two-pass variance)."""
     return nnx.LayerNorm(cfg.model_dim, epsilon=cfg.layer_norm_eps, dtype=to_jnp_dtype(cfg.dtype),
                          param_dtype=to_jnp_dtype(cfg.param_dtype), use_fast_variance=False,
+                         scale_metadata=axes_metadata("norm"), bias_metadata=axes_metadata("norm"),
                          rngs=rngs)
 
 
 def linear(cfg: TextModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, gain: float = 1.0,
-           use_bias: bool = True) -> nnx.Linear:
-    """Dense layer with Xavier-uniform init (fairseq2's choice for projections) scaled by `gain`."""
+           use_bias: bool = True, axes: tuple[str, str] = ("embed", "embed")) -> nnx.Linear:
+    """Dense layer with Xavier-uniform init (fairseq2's choice for projections) scaled by `gain`.
+
+    axes: logical names of the kernel's (input, output) dimensions; the bias takes the output's.
+    """
     init = jax.nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
     return nnx.Linear(d_in, d_out, use_bias=use_bias, kernel_init=init,
                       dtype=to_jnp_dtype(cfg.dtype), param_dtype=to_jnp_dtype(cfg.param_dtype),
+                      kernel_metadata=axes_metadata(*axes), bias_metadata=axes_metadata(axes[1]),
                       rngs=rngs)
 
 
@@ -72,7 +91,8 @@ class TokenEmbedding(nnx.Module):
         self.cfg = cfg
         init = jax.nn.initializers.normal(cfg.model_dim**-0.5)
         self.embedding = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.model_dim),
-                                        to_jnp_dtype(cfg.param_dtype)))
+                                        to_jnp_dtype(cfg.param_dtype)),
+                                   **axes_metadata("vocab", "embed"))
 
     def __call__(self, tokens: jax.Array, start: jax.Array | int = 0) -> jax.Array:
         """tokens [B, T] at positions start..start+T-1 -> [B, T, D] in the compute dtype."""
@@ -81,11 +101,16 @@ class TokenEmbedding(nnx.Module):
             raise ValueError(
                 f"sequence of {start + seq_len} tokens is longer than the model's "
                 f"{self.cfg.max_seq_len} positions; truncate it (the pipelines do, with a warning)")
-        x = self.embedding[...][tokens].astype(jnp.float32) * math.sqrt(self.cfg.model_dim)
+        # Gather from a table whole along its model dimension (FSDP all-gathers it, as for any
+        # weight): a lookup into a table sharded along D would have to reshard the batch-sharded
+        # gradient of the gather to D-sharded, which XLA does by replicating it.
+        table = constrain(self.embedding[...], ("vocab", None))
+        x = table[tokens].astype(jnp.float32) * math.sqrt(self.cfg.model_dim)
         # A constant, not state: the reference recomputes it too, and checkpoints never hold it.
         table = jnp.asarray(sinusoidal_table(self.cfg.max_seq_len, self.cfg.model_dim))
         pos = jax.lax.dynamic_slice_in_dim(table, start, seq_len, axis=0)
-        return (x + pos[None]).astype(to_jnp_dtype(self.cfg.dtype))
+        x = (x + pos[None]).astype(to_jnp_dtype(self.cfg.dtype))
+        return constrain(x, ("batch", "length", "act_embed"))
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Tied output projection: logits = x · Eᵀ (no bias, no scaling), accumulated in float32."""
@@ -100,13 +125,17 @@ class MultiheadAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         dim = cfg.model_dim
         qkv_gain = 1 / math.sqrt(2)  # fairseq2 initialises q/k/v with Xavier gain 2^-1/2
-        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.output_proj = linear(cfg, dim, dim, rngs)
+        # Kernels are [in, out]; the flattened heads x head_dim dimension is named "heads".
+        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
+        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
+        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
+        self.output_proj = linear(cfg, dim, dim, rngs, axes=("heads", "embed"))
 
     def _heads(self, x: jax.Array) -> jax.Array:
-        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+        x = x.reshape(*x.shape[:-1], self.num_heads, -1)
+        if x.ndim == 4:
+            x = constrain(x, ("batch", "length", "act_heads", "act_kv"))
+        return x
 
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Keys and values [B, S, H, Dh] of `x` (what a KV cache stores)."""
@@ -129,11 +158,14 @@ class FeedForward(nnx.Module):
     """Linear(D→F) → ReLU → Linear(F→D), both with bias."""
 
     def __init__(self, cfg: TextModelConfig, rngs: nnx.Rngs):
-        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs)
-        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs)
+        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs, axes=("embed", "mlp"))
+        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs, axes=("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.output_proj(jax.nn.relu(self.inner_proj(x)))
+        h = jax.nn.relu(self.inner_proj(x))
+        if h.ndim == 3:
+            h = constrain(h, ("batch", "length", "act_mlp"))
+        return self.output_proj(h)
 
 
 def masked_mean(x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -155,7 +187,7 @@ def make_layer_stack(layer_cls: type, cfg: TextModelConfig, rngs: nnx.Rngs):
     """`cfg.num_layers` layers with parameters stacked on a leading axis (for nnx.scan)."""
 
     @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS_AXIS})
     def create(layer_rngs: nnx.Rngs):
         return layer_cls(cfg, layer_rngs)
 
@@ -175,6 +207,8 @@ def scan_layers(layers: nnx.Module, carry, cfg: TextModelConfig, body: Callable,
     if cfg.remat_policy != "none":
         step = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
 
+    # No transform_metadata: the axis names are only read outside (sharding.py), and a stack
+    # built without the "layers" name (e.g. by another module's own nnx.vmap) still scans.
     @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
     def run(layer, carry, x):
         return step(layer, carry, x)

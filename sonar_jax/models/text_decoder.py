@@ -18,6 +18,7 @@ from flax import nnx
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
 from sonar_jax.models.layers import (FeedForward, MultiheadAttention, TokenEmbedding, layer_norm,
                                      make_layer_stack, scan_layers)
+from sonar_jax.sharding import constrain
 
 
 class DecoderCache(NamedTuple):
@@ -49,7 +50,8 @@ class DecoderLayer(nnx.Module):
         h = self.self_attn_layer_norm(x)
         x = x + self.self_attn(h, is_causal=kv is None, kv=kv, mask=mask)
         x = x + cross[:, None, :].astype(x.dtype)
-        return x + self.ffn(self.ffn_layer_norm(x))
+        x = x + self.ffn(self.ffn_layer_norm(x))
+        return constrain(x, ("batch", "length", "act_embed"))
 
 
 class TextDecoder(nnx.Module):

@@ -11,6 +11,7 @@ from sonar_jax.config import TextModelConfig
 from sonar_jax.models.layers import (FeedForward, MultiheadAttention, TokenEmbedding, layer_norm,
                                      lengths_from_padding, make_layer_stack, masked_mean,
                                      scan_layers)
+from sonar_jax.sharding import constrain
 
 
 class EncoderOutput(NamedTuple):
@@ -30,7 +31,8 @@ class EncoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.self_attn_layer_norm(x), key_lengths=seq_lens)
-        return x + self.ffn(self.ffn_layer_norm(x))
+        x = x + self.ffn(self.ffn_layer_norm(x))
+        return constrain(x, ("batch", "length", "act_embed"))
 
 
 class TextEncoder(nnx.Module):
@@ -54,4 +56,5 @@ class TextEncoder(nnx.Module):
         x, _ = scan_layers(self.layers, x, self.cfg,
                            lambda layer, h, _: (layer(h, seq_lens), None))
         x = self.layer_norm(x)
-        return EncoderOutput(masked_mean(x, seq_lens), x, seq_lens)
+        pooled = constrain(masked_mean(x, seq_lens), ("batch", "act_embed"))
+        return EncoderOutput(pooled, x, seq_lens)

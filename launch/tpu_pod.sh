@@ -1,0 +1,22 @@
+#!/bin/bash
+# Runs the same training command on every worker of a Cloud TPU VM pod slice.
+#
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/train_text.py:basic /mnt/shared/runs/text_basic \
+#       --config.mesh.fsdp=-1
+#
+# Every worker must already have this repository at the same path (REPO_DIR, default: the path
+# of this checkout) with `pip install -e .` done. jax.distributed.initialize() needs no arguments
+# on Cloud TPU: launch/train.py calls it when it finds itself on a multi-worker slice. WORKDIR
+# must be a directory every worker sees (an NFS or gcsfuse mount): checkpoints are written by all
+# workers together. Rerunning the command resumes from the newest checkpoint.
+set -euo pipefail
+if [ "$#" -lt 4 ]; then
+  echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG[:VARIANT] WORKDIR [--config.field=value ...]" >&2
+  exit 2
+fi
+TPU_NAME="$1"; ZONE="$2"; CONFIG="$3"; WORKDIR="$4"; shift 4
+REPO_DIR="${REPO_DIR:-$(cd "$(dirname "$0")/.." && pwd)}"
+
+quoted=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command \
+  "cd $(printf %q "$REPO_DIR") && python launch/train.py --config=$(printf %q "$CONFIG") --workdir=$(printf %q "$WORKDIR")$quoted"

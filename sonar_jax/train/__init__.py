@@ -1,0 +1,1 @@
+"""Training: losses, optimizer, the text multi-loss step (and the loop)."""
