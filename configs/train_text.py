@@ -111,7 +111,13 @@ def get_config(variant: str = "basic") -> ml_collections.ConfigDict:
         async_save=True,
         preemption_check_every=1,  # steps between hosts agreeing on a SIGTERM (multi-host)
     ))
-    cfg.eval = ml_collections.ConfigDict(dict(every_steps=50 if small else 2000))  # dev loss
+    # Every eval.every_steps: dev loss on eval_data, and dev xsim (LASER's ratio margin, both
+    # directions, every language against the pivot) on a FLORES-layout folder when xsim.path is set.
+    cfg.eval = ml_collections.ConfigDict(dict(
+        every_steps=50 if small else 2000,
+        xsim=dict(path=str(REPO / "data/sample/libreoffice") if small else "", split="dev",
+                  langs="", pivot="eng_Latn"),
+    ))
     cfg.log = ml_collections.ConfigDict(dict(every_steps=10 if small else 100, tensorboard=True,
                                              progress_bar=True))
     # Write the final encoder and decoder as converted directories (workdir/export/step_N).

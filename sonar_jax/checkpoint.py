@@ -144,12 +144,14 @@ class TrainCheckpoints:
                                   data=self._grain.checkpoint.CheckpointSave(data_iterator))
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-        """The state saved at `step`, placed as `abstract_state`'s shardings say; the
-        iterator is moved to the position it had then (in place)."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  data=self._grain.checkpoint.CheckpointRestore(data_iterator))
-        return self._manager.restore(step, args=args).state
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
+        """The state saved at `step`, placed as `abstract_state`'s shardings say (any mesh and
+        process count). With `data_iterator`, it is also moved (in place) to the position it had
+        then; that needs the same process count, since every process resumes its own shard."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = self._grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items)).state
 
     def wait(self) -> None:
         """Blocks until a pending asynchronous save is on disk."""

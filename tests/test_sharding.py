@@ -175,19 +175,20 @@ def reference(fixtures_dir):
 
 
 SPECS = {
+    # The issue's layouts: dp=8, fsdp=8, dp=2 x fsdp=2 x tensor=2.
     # preset, mesh, {param path: expected spec}
-    "data_parallel": ("data_parallel", dict(data=8, fsdp=1),
-                      {("encoder", "layers", "ffn", "inner_proj", "kernel"): P()}),
-    "fsdp_4x2": ("fsdp", dict(data=4, fsdp=2),
-                 {("encoder", "layers", "ffn", "inner_proj", "kernel"): P(None, "fsdp"),
-                  ("decoder", "embed", "embedding"): P(None, "fsdp")}),
-    "tensor_2x4": ("tensor", dict(data=2, fsdp=1, tensor=4),
-                   {("encoder", "layers", "ffn", "inner_proj", "kernel"): P(None, None, "tensor"),
-                    ("decoder", "layers", "self_attn", "output_proj", "kernel"):
-                        P(None, "tensor"),
-                    ("decoder", "layers", "self_attn", "q_proj", "bias"): P(None, "tensor"),
-                    # 3206 vocabulary rows do not split 4 ways: that dimension stays whole.
-                    ("decoder", "embed", "embedding"): P()}),
+    "dp8": ("data_parallel", dict(data=8, fsdp=1),
+            {("encoder", "layers", "ffn", "inner_proj", "kernel"): P()}),
+    "fsdp8": ("fsdp", dict(data=1, fsdp=8),
+              {("encoder", "layers", "ffn", "inner_proj", "kernel"): P(None, "fsdp"),
+               ("decoder", "embed", "embedding"): P(None, "fsdp")}),
+    "dp2_fsdp2_tensor2": ("tensor", dict(data=2, fsdp=2, tensor=2),
+                          {("encoder", "layers", "ffn", "inner_proj", "kernel"):
+                               P(None, "fsdp", "tensor"),
+                           ("decoder", "layers", "self_attn", "output_proj", "kernel"):
+                               P(None, "tensor", "fsdp"),
+                           ("decoder", "layers", "self_attn", "q_proj", "bias"): P(None, "tensor"),
+                           ("decoder", "embed", "embedding"): P("tensor", "fsdp")}),
 }
 
 
@@ -205,8 +206,10 @@ def test_sharded_step_matches_one_device(layout, reference):
         assert leaf.sharding.spec == spec, path
     for name in ("loss", "mt_loss", "mse_loss", "dae_loss", "grad_norm", "mt_tokens"):
         np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=2e-5, err_msg=name)
+    # fp32 reductions in another order (3 mesh axes split the gradient sums differently):
+    # updated parameters agree to 5e-6 absolute (Adam's first step moves them by ~lr = 1e-3).
     got = jax.tree.map(np.asarray, state.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-6, rtol=1e-5),
                  got, ref_params)
 
 
@@ -233,34 +236,7 @@ def test_released_shapes_lower_without_memory(preset):
     assert "sharding" in lowered.as_text()[:200000]
 
 
-@pytest.mark.parametrize("preset", ["fsdp", "tensor"])
-def test_tpu_aot_compile(preset):
-    """AOT: the train step compiles for a v5e 2x4 slice from this CPU host (needs libtpu; the
-    released 'basic' shapes compile the same way, in minutes: 2.46 GB of state + 5.2 GB of
-    temporaries per chip at fsdp=8 and 64 x 128-token rows, within v5e's 16 GB)."""
-    import importlib.util
-
-    if importlib.util.find_spec("libtpu") is None:
-        pytest.skip("libtpu is not installed (pip install libtpu to compile for TPU on a CPU host)")
-    from jax.experimental import topologies
-
-    topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x4")
-    cfg = get_config("tiny")
-    cfg.sharding.preset = preset
-    cfg.model.dtype = "bfloat16"
-    cfg.mesh.update(dict(data=1, fsdp=-1, tensor=1) if preset == "fsdp" else
-                    dict(data=2, fsdp=1, tensor=4))
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh, devices=topology.devices))
-    compiled = trainer.lower_train_step({"source": (16, 32), "target": (16, 32),
-                                         "noised_target": (16, 32)}).compile()
-    mem = compiled.memory_analysis()
-    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
-                      for x in jax.tree.leaves(trainer.abstract_state()))
-    # The state is donated (aliased) and sharded: each chip holds a part of it. (With tensor=4
-    # the tiny model's 3206-row embeddings, most of its bytes, cannot split and stay whole,
-    # and TPU tiling pads its 64-wide dimensions.)
-    assert mem.alias_size_in_bytes > 0
-    assert mem.argument_size_in_bytes < state_bytes / (6 if preset == "fsdp" else 1)
+# TPU ahead-of-time compiles (libtpu on a CPU host): tests/test_aot_compile.py.
 
 
 _WORKER = r"""

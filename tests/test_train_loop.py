@@ -183,6 +183,7 @@ def test_two_processes_train_through_the_launcher_and_resume(fixtures_dir, tmp_p
                 f"--config.data.path={tsv}", "--config.data.max_len=64",
                 "--config.data.length_buckets=(64,)", "--config.data.batch_max_tokens=512",
                 "--config.data.window_size=32", "--config.eval_data.path=",
+                "--config.eval.xsim.path=",
                 f"--config.train.num_steps={num_steps}", "--config.log.every_steps=1",
                 "--config.log.progress_bar=False", "--config.mesh.dcn_data=2"]
         procs = []
@@ -201,7 +202,47 @@ def test_two_processes_train_through_the_launcher_and_resume(fixtures_dir, tmp_p
     launch(3)
     run_dir = tmp_path / "run"
     assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3]
-    assert loop.TrainCheckpoints(run_dir / "checkpoints").all_steps() == [2, 3]
+    checkpoints = loop.TrainCheckpoints(run_dir / "checkpoints")
+    assert checkpoints.all_steps() == [2, 3]
     for step in (2, 3):
         for part in ("encoder", "decoder"):
             assert (run_dir / "export" / f"step_{step}" / part / "config.json").is_file()
+
+    # The 2-process checkpoint restores into this 1-process run on another mesh (fsdp=8).
+    from sonar_jax import checkpoint
+
+    cfg = get_config("tiny")
+    cfg.mesh.update(dict(data=1, fsdp=8, tensor=1))
+    trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    state = checkpoints.restore(3, trainer.abstract_state())
+    checkpoints.close()
+    assert int(state.step) == 3
+    kernel = state.params["encoder"]["layers"]["ffn"]["inner_proj"]["kernel"]
+    assert "fsdp" in str(kernel.sharding.spec) and len(kernel.sharding.device_set) == 8
+    exported = checkpoint.restore_params(run_dir / "export" / "step_3" / "encoder" / "params")
+    jax.tree.map(np.testing.assert_array_equal, params_of(state)["encoder"],
+                 jax.tree.map(np.asarray, exported))
+
+
+def test_xsim_hook_equals_evaluating_the_exported_encoder(setup, tmp_path):
+    """The trainer's dev-xsim hook scores the encoder being trained exactly as `sonar-jax
+    evaluate` scores the same weights exported as a converted directory."""
+    from sonar_jax.evaluate.report import evaluate_text_retrieval
+    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
+    from sonar_jax.train.text_run import export_models, xsim_hook
+
+    _, tokenizer, trainer = setup
+    sample = pathlib.Path(__file__).resolve().parents[1] / "data" / "sample" / "libreoffice"
+    xsim_cfg = ml_collections.ConfigDict(dict(path=str(sample), split="dev", langs="deu_Latn",
+                                              pivot="eng_Latn"))
+    state = trainer.init(0)
+    metrics = xsim_hook(xsim_cfg, trainer, tokenizer)(state, 0)
+
+    export_models(trainer, state, tokenizer, tmp_path / "export")
+    rows = evaluate_text_retrieval(TextToEmbeddingModelPipeline(tmp_path / "export" / "encoder"),
+                                   sample, "dev", "deu_Latn", pivot="eng_Latn")
+    for task, name in (("xsim", "xsim_error_percent"), ("xsim++", "xsimpp_error_percent")):
+        chosen = [r for r in rows if r["task"] == task]
+        expected = 100.0 * sum(r["errors"] for r in chosen) / sum(r["total"] for r in chosen)
+        assert metrics[name] == pytest.approx(expected)
+    assert 0.0 < metrics["xsim_error_percent"] <= 100.0

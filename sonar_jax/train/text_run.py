@@ -68,6 +68,43 @@ def export_models(trainer: TextTrainer, state, tokenizer: NllbTokenizer,
                         tokenizer)
 
 
+def encoder_module(trainer: TextTrainer, state):
+    """The current encoder as a float32 TextEncoder on this host (gathered from the mesh)."""
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    from sonar_jax.models.text_encoder import TextEncoder
+
+    params = multihost_utils.process_allgather(trainer.export_params(state)["encoder"], tiled=True)
+    cfg = trainer.enc_cfg.replace(dtype="float32")
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(abstract, jax.tree.map(jax.numpy.asarray, params))
+    return nnx.merge(graphdef, abstract)
+
+
+def xsim_hook(xsim_cfg, trainer: TextTrainer, tokenizer: NllbTokenizer) -> EvalHook:
+    """Dev xsim of the encoder being trained: every language of a FLORES-layout folder against
+    the pivot, both directions, LASER's ratio margin; reported pooled over all queries (and
+    xsim++ where the folder has augmented targets)."""
+    from sonar_jax.evaluate.report import evaluate_text_retrieval
+    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
+
+    def hook(state, step: int) -> dict:
+        pipeline = TextToEmbeddingModelPipeline(encoder_module(trainer, state), tokenizer)
+        rows = evaluate_text_retrieval(pipeline, xsim_cfg.path, xsim_cfg.split,
+                                       xsim_cfg.langs or None, pivot=xsim_cfg.pivot,
+                                       batch_size=64)
+        metrics = {}
+        for task, name in (("xsim", "xsim_error_percent"), ("xsim++", "xsimpp_error_percent")):
+            chosen = [r for r in rows if r["task"] == task]
+            if chosen:
+                errors = sum(r["errors"] for r in chosen)
+                metrics[name] = 100.0 * errors / sum(r["total"] for r in chosen)
+        return metrics
+
+    return hook
+
+
 def run_text_training(cfg, workdir: str | pathlib.Path,
                       eval_hooks: Sequence[EvalHook] = ()) -> LoopResult:
     """Trains as `cfg` says, resuming from `workdir` when it holds checkpoints; exports the
@@ -85,6 +122,9 @@ def run_text_training(cfg, workdir: str | pathlib.Path,
     if cfg.eval_data.path:
         eval_batches = lambda: make_text_eval_iterator(  # noqa: E731
             cfg.eval_data, tokenizer, rows_multiple=rows_multiple)
+
+    if cfg.eval.xsim.path:
+        eval_hooks = (*eval_hooks, xsim_hook(cfg.eval.xsim, trainer, tokenizer))
 
     def init_state() -> Any:
         return trainer.init(cfg.train.seed, init_params=initial_params(cfg) or None)
