@@ -29,6 +29,7 @@ setup(
         # Audio decoding and resampling for the speech pipelines and speech training data.
         "audio": ["librosa>=0.10", "soundfile>=0.12"],
         "test": ["pytest>=8", "librosa>=0.10", "soundfile>=0.12"],
+        "tpu": ["libtpu"],  # the TPU compiler, for launch/aot_compile.py on any host
     },
     entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:main"]},
 )
