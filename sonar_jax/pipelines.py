@@ -182,6 +182,26 @@ class EmbeddingToTextModelPipeline:
         limit = model_limit if max_seq_len is None else min(max_seq_len, model_limit)
         return min(limit, PROMPT_LEN + int(max_gen_len[0] * source_len + max_gen_len[1]))
 
+    def predict_in_source_order(self, embeddings: np.ndarray, source_lengths: Sequence[int],
+                                target_lang: str, batch_size: int, progress_bar: bool, sampler,
+                                *, beam_size: int, max_seq_len: int | None,
+                                max_gen_len: tuple[float, int], min_gen_len: int,
+                                len_penalty: float, normalize_scores: bool, unk_penalty: float,
+                                temperature: float, seed: int) -> list[str]:
+        """Texts of `embeddings` batched as the reference's X-to-text pipelines do: fixed batches
+        in input order, each limited by its longest source (`source_lengths`, in the source's
+        own units: tokens for text, fbank frames for speech)."""
+        lang_id = self.tokenizer.lang_id(target_lang)
+        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
+                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
+                                   unk_penalty=unk_penalty, temperature=temperature)
+        batches = list(batching.in_order(source_lengths, batch_size))
+        limits = [self.max_len_for(max(source_lengths[i] for i in b.indices), max_seq_len,
+                                   max_gen_len) for b in batches]
+        ids = self.generate_batches(embeddings, batches, lang_id, config, limits, seed,
+                                    progress_bar)
+        return [self.tokenizer.decode(t) for t in ids]
+
     def generate_batches(self, embeddings: np.ndarray, batches: Iterable[batching.Batch],
                          lang_id: int, config: GenerationConfig, limits: Sequence[int],
                          seed: int, progress_bar: bool) -> list[list[int]]:
@@ -217,16 +237,13 @@ class EmbeddingToTextModelPipeline:
                 unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
         """`sampler`: None for beam search, else TopKSampler(k), TopPSampler(p) or 'full'."""
         embeddings = self._check_embeddings(inputs)
-        lang_id = self.tokenizer.lang_id(target_lang)
-        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
-                                   unk_penalty=unk_penalty, temperature=temperature)
         # The reference's "source" here is the [N, D] embedding matrix, so source_len = D.
-        limit = self.max_len_for(embeddings.shape[1], max_seq_len, max_gen_len)
-        batches = list(batching.in_order(embeddings, batch_size))
-        ids = self.generate_batches(embeddings, batches, lang_id, config,
-                                    [limit] * len(batches), seed, progress_bar)
-        return [self.tokenizer.decode(t) for t in ids]
+        return self.predict_in_source_order(
+            embeddings, [embeddings.shape[1]] * len(embeddings), target_lang, batch_size,
+            progress_bar, sampler, beam_size=beam_size, max_seq_len=max_seq_len,
+            max_gen_len=max_gen_len, min_gen_len=min_gen_len, len_penalty=len_penalty,
+            normalize_scores=normalize_scores, unk_penalty=unk_penalty, temperature=temperature,
+            seed=seed)
 
 
 class TextToTextModelPipeline:
@@ -250,14 +267,8 @@ class TextToTextModelPipeline:
         tokens = encoder_pipe.tokenize(sentences, source_lang)
         embeddings = encoder_pipe.predict(sentences, source_lang, batch_size=batch_size,
                                           progress_bar=False)
-        lang_id = decoder_pipe.tokenizer.lang_id(target_lang)
-        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
-                                   unk_penalty=unk_penalty, temperature=temperature)
-        # As the reference: fixed batches in input order, each limited by its longest source.
-        batches = list(batching.in_order(sentences, batch_size))
-        limits = [decoder_pipe.max_len_for(max(len(tokens[i]) for i in b.indices), max_seq_len,
-                                           max_gen_len) for b in batches]
-        ids = decoder_pipe.generate_batches(embeddings, batches, lang_id, config, limits, seed,
-                                            progress_bar)
-        return [decoder_pipe.tokenizer.decode(t) for t in ids]
+        return decoder_pipe.predict_in_source_order(
+            embeddings, [len(t) for t in tokens], target_lang, batch_size, progress_bar, sampler,
+            beam_size=beam_size, max_seq_len=max_seq_len, max_gen_len=max_gen_len,
+            min_gen_len=min_gen_len, len_penalty=len_penalty, normalize_scores=normalize_scores,
+            unk_penalty=unk_penalty, temperature=temperature, seed=seed)

@@ -24,7 +24,7 @@ from flax import nnx
 from sonar_jax import audio, batching
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.pipelines import (DEFAULT_MAX_GEN_LEN, EmbeddingToTextModelPipeline, _encode,
-                                 _model, _progress, generation_config)
+                                 _model, _progress)
 
 
 def _check_inputs(input) -> list:
@@ -135,17 +135,13 @@ class SpeechToTextModelPipeline:
                 len_penalty: float = 1.0, normalize_scores: bool = True,
                 unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
         decoder_pipe = self.embedding_to_text
-        lang_id = decoder_pipe.tokenizer.lang_id(target_lang)  # fail before decoding any audio
+        decoder_pipe.tokenizer.lang_id(target_lang)  # fail before decoding any audio
         fbanks = self.speech_to_embedding.features(input, sample_rate)
         embeddings = self.speech_to_embedding.embed(fbanks, batch_size=batch_size)
-        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
-                                   unk_penalty=unk_penalty, temperature=temperature)
-        # As the reference: fixed batches in input order, each limited by a·(its longest input
-        # in fbank frames) + b new tokens.
-        batches = list(batching.in_order(fbanks, batch_size))
-        limits = [decoder_pipe.max_len_for(max(len(fbanks[i]) for i in b.indices), max_seq_len,
-                                           max_gen_len) for b in batches]
-        ids = decoder_pipe.generate_batches(embeddings, batches, lang_id, config, limits, seed,
-                                            progress_bar)
-        return [decoder_pipe.tokenizer.decode(t) for t in ids]
+        # As the reference: each in-order batch limited by a·(its longest input in fbank
+        # frames) + b new tokens.
+        return decoder_pipe.predict_in_source_order(
+            embeddings, [len(f) for f in fbanks], target_lang, batch_size, progress_bar, sampler,
+            beam_size=beam_size, max_seq_len=max_seq_len, max_gen_len=max_gen_len,
+            min_gen_len=min_gen_len, len_penalty=len_penalty, normalize_scores=normalize_scores,
+            unk_penalty=unk_penalty, temperature=temperature, seed=seed)
