@@ -1,8 +1,9 @@
 """Token-budget batches from a small fixed set of shapes: length buckets, rows per bucket.
 
-A batch of bucket L is [rows(L), L] for every array, rows(L) the largest multiple of
-`rows_multiple` with rows(L) * L <= batch_max_tokens. Training therefore compiles one program per
-bucket, and every batch splits evenly over devices and gradient-accumulation steps.
+A batch of bucket L has rows(L) rows padded to length L, rows(L) the largest multiple of
+`rows_multiple` with rows(L) * L <= batch_max_tokens. A length counts tokens for text (every
+array [rows(L), L]) and fbank frames for speech (speech.py). Training therefore compiles one
+program per bucket, and every batch splits evenly over devices and gradient-accumulation steps.
 
 `group` batches one window of examples per bucket; `schedule` orders a window's batches. Hosts of
 a multi-host run agree on how many batches of each bucket a window has (the most any host needs,
@@ -15,7 +16,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,42 +65,54 @@ class BucketPlan:
         return list(zip(self.rows, self.lengths))
 
 
-def group(examples: Sequence[dict[str, np.ndarray]], plan: BucketPlan
-          ) -> list[list[dict[str, np.ndarray]]]:
-    """Batches of `examples` (dicts of 1-d token arrays with the same keys), one list per bucket.
+def _longest_array(example: dict[str, np.ndarray]) -> int:
+    return max(len(a) for a in example.values())
 
-    An example goes to the bucket of its longest array; every array of a batch is right-padded
-    with 0 to that bucket's length. The last batch of a bucket is filled up with all-pad rows, so
-    each example lands in exactly one batch and no example waits for a later call.
+
+def collate_tokens(chunk: Sequence[dict[str, np.ndarray]], rows: int, width: int,
+                   keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """[rows, width] int32 arrays of the chunk's token arrays, right-padded with 0; an empty
+    chunk gives the all-pad batch of `keys`."""
+    batch = {key: np.zeros((rows, width), np.int32) for key in (chunk[0] if chunk else keys)}
+    for row, example in enumerate(chunk):
+        for key, tokens in example.items():
+            batch[key][row, :len(tokens)] = tokens
+    return batch
+
+
+def group(examples: Sequence[dict], plan: BucketPlan, *,
+          length: Callable[[dict], int] = _longest_array,
+          collate: Callable[[Sequence[dict], int, int], dict] = collate_tokens
+          ) -> list[list[dict[str, np.ndarray]]]:
+    """Batches of `examples`, one list per bucket.
+
+    An example goes to the bucket that holds `length(example)` (default: its longest array);
+    `collate(chunk, rows, width)` makes a batch of a bucket's shape (default: token arrays
+    padded with 0). The last batch of a bucket is filled up with all-pad rows, so each example
+    lands in exactly one batch and no example waits for a later call.
     """
     by_bucket = collections.defaultdict(list)
     for example in examples:
-        by_bucket[plan.bucket(max(len(a) for a in example.values()))].append(example)
+        by_bucket[plan.bucket(length(example))].append(example)
     groups = []
     for bucket, (rows, width) in enumerate(plan.shapes):
-        items, batches = by_bucket[bucket], []
-        for start in range(0, len(items), rows):
-            chunk = items[start:start + rows]
-            batch = {key: np.zeros((rows, width), np.int32) for key in chunk[0]}
-            for row, example in enumerate(chunk):
-                for key, tokens in example.items():
-                    batch[key][row, :len(tokens)] = tokens
-            batches.append(batch)
-        groups.append(batches)
+        items = by_bucket[bucket]
+        groups.append([collate(items[start:start + rows], rows, width)
+                       for start in range(0, len(items), rows)])
     return groups
 
 
 def schedule(groups: Sequence[Sequence[dict[str, np.ndarray]]], counts: Sequence[int],
-             plan: BucketPlan, keys: Sequence[str], rng: np.random.Generator
+             pad_batch: Callable[[int], dict[str, np.ndarray]], rng: np.random.Generator
              ) -> list[dict[str, np.ndarray]]:
-    """`counts[b]` batches of each bucket b, this host's first and then all-pad ones, in an order
-    drawn from `rng`: hosts that agree on `counts` and `rng` yield the same shapes in turn."""
+    """`counts[b]` batches of each bucket b, this host's first and then all-pad ones
+    (`pad_batch(b)`), in an order drawn from `rng`: hosts that agree on `counts` and `rng` yield
+    the same shapes in turn."""
     batches = []
-    for bucket, ((rows, width), own, count) in enumerate(zip(plan.shapes, groups, counts)):
+    for bucket, (own, count) in enumerate(zip(groups, counts)):
         if len(own) > count:
             raise ValueError(f"bucket {bucket} has {len(own)} batches, more than the agreed "
                              f"{count}")
         batches += own
-        batches += [{key: np.zeros((rows, width), np.int32) for key in keys}
-                    for _ in range(count - len(own))]
+        batches += [pad_batch(bucket) for _ in range(count - len(own))]
     return [batches[i] for i in rng.permutation(len(batches))]

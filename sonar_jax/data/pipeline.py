@@ -22,13 +22,16 @@ window count, and the batches already taken; restoring recomputes that window (d
 every random choice comes from the seed and the position in the stream) and skips those batches.
 The state is JSON (grain's `grain.checkpoint.CheckpointHandler`, which sonar_jax/checkpoint.py
 saves with the model, or `state_to_json` / `state_from_json`).
+
+The window stream (`window_dataset`), the batch iterator (`WindowBatchIterDataset`) and
+`tokenize` are shared with the speech pipeline (speech.py).
 """
 
 from __future__ import annotations
 
 import collections
 import json
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -93,11 +96,29 @@ def make_source(cfg: ml_collections.ConfigDict):
     raise ValueError(f"unknown text data format {cfg.format!r}; expected tsv, flores or tfds")
 
 
+def tokenize(tokenizer: NllbTokenizer, texts: list[str], langs: list[str], max_len: int
+             ) -> list[np.ndarray]:
+    """Source-mode ids (`[lang] pieces [eos]`) of each text, truncated to max_len keeping eos.
+
+    One SentencePiece call per language: about 10x faster than one call per text.
+    """
+    by_lang = collections.defaultdict(list)
+    for position, lang in enumerate(langs):
+        by_lang[lang].append(position)
+    out = [None] * len(texts)
+    for lang, positions in by_lang.items():
+        encoded = tokenizer.encode_batch([texts[p] for p in positions], lang)
+        for position, ids in zip(positions, encoded):
+            if len(ids) > max_len:
+                ids = ids[:max_len - 1] + [EOS]
+            out[position] = np.asarray(ids, np.int32)
+    return out
+
+
 class _Window:
     """A window of records -> its batches per bucket; picklable, so it runs in grain workers.
 
-    Texts are tokenized with one SentencePiece call per language (about 10x faster than one call
-    per text). Targets are noised in order with one Generator per window, drawn from (seed,
+    Targets are noised in order with one Generator per window, drawn from (seed,
     shard, window number): a window is the unit of work of a grain worker and of the iterator
     state, so the noise does not depend on the worker count and survives a resume (and one
     Generator per window costs less than the noise itself, unlike one per example).
@@ -108,22 +129,11 @@ class _Window:
         self._tokenizer, self._plan, self._max_len, self._noise = tokenizer, plan, max_len, noise
         self._keys = (seed, _NOISE_STREAM, shard_index)
 
-    def _tokens(self, texts: list[str], langs: list[str]) -> list[np.ndarray]:
-        by_lang = collections.defaultdict(list)
-        for position, lang in enumerate(langs):
-            by_lang[lang].append(position)
-        out = [None] * len(texts)
-        for lang, positions in by_lang.items():
-            encoded = self._tokenizer.encode_batch([texts[p] for p in positions], lang)
-            for position, ids in zip(positions, encoded):
-                if len(ids) > self._max_len:
-                    ids = ids[:self._max_len - 1] + [EOS]
-                out[position] = np.asarray(ids, np.int32)
-        return out
-
     def __call__(self, index: int, records: list) -> list[list[dict[str, np.ndarray]]]:
-        sources = self._tokens([r["src_text"] for r in records], [r["src_lang"] for r in records])
-        targets = self._tokens([r["tgt_text"] for r in records], [r["tgt_lang"] for r in records])
+        sources = tokenize(self._tokenizer, [r["src_text"] for r in records],
+                           [r["src_lang"] for r in records], self._max_len)
+        targets = tokenize(self._tokenizer, [r["tgt_text"] for r in records],
+                           [r["tgt_lang"] for r in records], self._max_len)
         rows = [{"source": source, "target": target} for source, target in zip(sources, targets)]
         if self._noise is not None:
             rng = keyed_rng(*self._keys, index)
@@ -139,19 +149,24 @@ def _max_over_hosts(counts: np.ndarray) -> np.ndarray:
     return np.max(multihost_utils.process_allgather(counts), axis=0)
 
 
-class _BatchIterDataset(grain.IterDataset):
-    """Yields the batches of each window, in an order and number that all hosts agree on."""
+class WindowBatchIterDataset(grain.IterDataset):
+    """Yields the batches of each window, in an order and number that all hosts agree on.
 
-    def __init__(self, parent: grain.IterDataset, plan: buckets.BucketPlan, keys: tuple,
-                 seed: int):
+    `parent` yields, per window, its batches per bucket of `plan` (`buckets.group`);
+    `pad_batch(bucket)` makes an all-pad batch of a bucket. Text and speech share this.
+    """
+
+    def __init__(self, parent: grain.IterDataset, plan: buckets.BucketPlan,
+                 pad_batch: Callable[[int], dict[str, np.ndarray]], seed: int):
         super().__init__(parent)
-        self._plan, self._keys, self._seed = plan, keys, seed
+        self._plan, self._pad_batch, self._seed = plan, pad_batch, seed
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _BatchIterator(self._parent.__iter__(), self._plan, self._keys, self._seed)
+        return WindowBatchIterator(self._parent.__iter__(), self._plan, self._pad_batch,
+                                   self._seed)
 
 
-class _BatchIterator(grain.DatasetIterator):
+class WindowBatchIterator(grain.DatasetIterator):
     """State: the window stream's state before the current window, the number of windows
     loaded (the current one included) and the batches taken from the current one.
 
@@ -161,10 +176,10 @@ class _BatchIterator(grain.DatasetIterator):
     run in a background thread) never enters the collective.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, plan: buckets.BucketPlan, keys: tuple,
-                 seed: int):
+    def __init__(self, parent: grain.DatasetIterator, plan: buckets.BucketPlan,
+                 pad_batch: Callable[[int], dict[str, np.ndarray]], seed: int):
         super().__init__(parent)
-        self._plan, self._keys, self._seed = plan, keys, seed
+        self._plan, self._pad_batch, self._seed = plan, pad_batch, seed
         self._window_state = parent.get_state()
         self._loaded, self._batches, self._taken = 0, [], 0
         self._skip = 0  # batches of the restored window to drop once it is recomputed
@@ -181,7 +196,7 @@ class _BatchIterator(grain.DatasetIterator):
         if not counts.any():
             raise StopIteration
         rng = keyed_rng(self._seed, _ORDER_STREAM, number)
-        batches = buckets.schedule(groups, counts, self._plan, self._keys, rng)
+        batches = buckets.schedule(groups, counts, self._pad_batch, rng)
         self._window_state, self._batches, self._taken = window_state, batches, 0
         self._loaded = number + 1
 
@@ -204,15 +219,51 @@ class _BatchIterator(grain.DatasetIterator):
         self._batches, self._taken, self._skip = [], 0, state["taken"]
 
 
+def resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    """(shard_index, shard_count), by default this process of all; checked."""
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def window_dataset(source, window_fn: Callable[[int, list], Any], cfg: ml_collections.ConfigDict,
+                   *, seed: int, shuffle: bool, num_epochs: int | None, shard_index: int,
+                   shard_count: int) -> grain.IterDataset:
+    """The per-host stream of windows: `window_fn(window number, records)` of consecutive
+    `cfg.window_size` records of this shard, shuffled per epoch and repeated; run by
+    `cfg.read_threads` threads, in `cfg.num_workers` grain worker processes when > 0."""
+    if seed < 0:
+        raise ValueError(f"the data seed must be >= 0, got {seed}")
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index} of {shard_count} is empty: the data has only "
+                         f"{len(source)} records")
+    if shuffle:
+        ds = ds.shuffle(seed=seed % 2**32)
+    ds = ds.repeat(num_epochs)
+    ds = ds.batch(cfg.window_size, batch_fn=list).map_with_index(window_fn)
+    windows = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                                   prefetch_buffer_size=cfg.worker_buffer_size))
+    if cfg.num_workers > 0:
+        # grain 0.2.18 reads an absl flag when starting workers and fails if the program never
+        # parsed flags (google/grain#1355, fixed upstream): use the flag defaults then.
+        if not absl_flags.FLAGS.is_parsed():
+            absl_flags.FLAGS.mark_as_parsed()
+        # Batches are small: pickle them instead of leaving one shared-memory block per array
+        # (containers often get a 64 MB /dev/shm; buffered blocks leak when a worker restarts).
+        windows = grain.experimental.WithOptionsIterDataset(
+            windows, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES))
+        windows = windows.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+    return windows
+
+
 def _iterator(cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *, rows_multiple: int,
               seed: int, shuffle: bool, num_epochs: int | None, shard_index: int | None,
               shard_count: int | None) -> grain.DatasetIterator:
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-    if seed < 0:
-        raise ValueError(f"the data seed must be >= 0, got {seed}")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    shard_index, shard_count = resolve_shard(shard_index, shard_count)
     if cfg.max_len < 3:
         raise ValueError(f"max_len {cfg.max_len} leaves no room for text between [lang] and eos")
     source = make_source(cfg)
@@ -228,31 +279,14 @@ def _iterator(cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *, rows_
                                poisson_lambda=cfg.noise.poisson_lambda,
                                word_drop=cfg.noise.word_drop,
                                shuffle_distance=cfg.noise.shuffle_distance, word_start=table)
-
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    if len(ds) == 0:
-        raise ValueError(f"shard {shard_index} of {shard_count} is empty: the data has only "
-                         f"{len(source)} records")
-    if shuffle:
-        ds = ds.shuffle(seed=seed % 2**32)
-    ds = ds.repeat(num_epochs)
-    ds = ds.batch(cfg.window_size, batch_fn=list).map_with_index(
-        _Window(tokenizer, plan, cfg.max_len, noise, seed, shard_index))
-    windows = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                                   prefetch_buffer_size=cfg.worker_buffer_size))
-    if cfg.num_workers > 0:
-        # grain 0.2.18 reads an absl flag when starting workers and fails if the program never
-        # parsed flags (google/grain#1355, fixed upstream): use the flag defaults then.
-        if not absl_flags.FLAGS.is_parsed():
-            absl_flags.FLAGS.mark_as_parsed()
-        # Batches are small: pickle them instead of leaving one shared-memory block per array
-        # (containers often get a 64 MB /dev/shm; buffered blocks leak when a worker restarts).
-        windows = grain.experimental.WithOptionsIterDataset(
-            windows, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES))
-        windows = windows.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+    windows = window_dataset(source, _Window(tokenizer, plan, cfg.max_len, noise, seed,
+                                             shard_index),
+                             cfg, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                             shard_index=shard_index, shard_count=shard_count)
     keys = ("source", "target") + (("noised_target",) if noise is not None else ())
-    return iter(_BatchIterDataset(windows, plan, keys, seed))
+    return iter(WindowBatchIterDataset(
+        windows, plan, lambda bucket: buckets.collate_tokens([], *plan.shapes[bucket], keys=keys),
+        seed))
 
 
 def make_text_train_iterator(data_cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *,
