@@ -248,3 +248,50 @@ def speech_features(audio: AudioInput, sample_rate: int | None = None) -> np.nda
     used = min(wave.size, padded.size)  # samples past the last full frame are never read
     padded[:used] = wave[:used]
     return np.asarray(_standardized_log_mel(*_jit_frames(padded), n))[:n]
+
+
+def frames_of(num_samples: jax.Array) -> jax.Array:
+    """`num_frames` of traced sample counts (int32 [B])."""
+    n = jnp.asarray(num_samples, jnp.int32)
+    return jnp.where(n < FRAME_LENGTH, 0, 1 + (n - FRAME_LENGTH) // FRAME_SHIFT)
+
+
+def batch_features(waveforms: jax.Array, num_samples: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Standardised fbank [B, F, 80] and frame counts [B] of right-padded 16 kHz waveforms
+    [B, S] with `num_samples` [B] real samples each (F = num_frames(S)); pure jnp, for the
+    training step, where features are computed on the accelerator from host-decoded audio.
+    Frames past a row's count come out meaningless; pass the counts on as lengths."""
+    lengths = frames_of(num_samples)
+    feats = jax.vmap(lambda w: _log_mel(*_frames(w)))(waveforms)
+    return jax.vmap(standardize)(feats, lengths), lengths
+
+
+def spec_augment(features: jax.Array, lengths: jax.Array, rng: jax.Array, *, time_masks: int,
+                 time_width: int, freq_masks: int, freq_width: int) -> jax.Array:
+    """SpecAugment (Park et al. 2019) without time warping: per row, `time_masks` spans of
+    0..time_width frames inside the row's length and `freq_masks` bands of 0..freq_width mel
+    bins, each set to 0 (the standardised mean). features [B, T, C], lengths [B]."""
+    batch, frames, bins = features.shape
+    keep = jnp.ones(features.shape, bool)
+
+    def spans(key, count, width, extent):
+        """[B, count] starts and ends of masks of 0..width within [0, extent[b])."""
+        width_key, start_key = jax.random.split(key)
+        widths = jax.random.randint(width_key, (batch, count), 0, width + 1)
+        widths = jnp.minimum(widths, extent[:, None])
+        starts = jax.random.uniform(start_key, (batch, count)) * (extent[:, None] - widths + 1)
+        starts = jnp.floor(starts).astype(jnp.int32)
+        return starts, starts + widths
+
+    time_key, freq_key = jax.random.split(rng)
+    if time_masks:
+        start, end = spans(time_key, time_masks, time_width, lengths.astype(jnp.int32))
+        t = jnp.arange(frames)[None, None, :]
+        hit = jnp.any((t >= start[..., None]) & (t < end[..., None]), axis=1)  # [B, T]
+        keep &= ~hit[:, :, None]
+    if freq_masks:
+        start, end = spans(freq_key, freq_masks, freq_width, jnp.full((batch,), bins, jnp.int32))
+        f = jnp.arange(bins)[None, None, :]
+        hit = jnp.any((f >= start[..., None]) & (f < end[..., None]), axis=1)  # [B, C]
+        keep &= ~hit[:, None, :]
+    return jnp.where(keep, features, 0.0)

@@ -149,7 +149,7 @@ def _trainer(accum_steps=1):
 
 
 def _sums_and_grads(trainer, params, batch):
-    fn = jax.jit(lambda p, b: trainer._loss_and_grads(p, b, with_grads=True),
+    fn = jax.jit(lambda p, b: trainer._loss_and_grads(p, b, with_grads=True)[:2],
                  compiler_options=FAST_CPU_COMPILE)
     return fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
 

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax.config import SpeechModelConfig, to_jnp_dtype
-from sonar_jax.models.layers import layer_norm, linear
+from sonar_jax.models.layers import axes_metadata, layer_norm, linear
 
 
 def relative_position_table(seq_len: int, dim: int) -> jax.Array:
@@ -67,9 +67,9 @@ class RelativePositionAttention(nnx.Module):
         bias_init = jax.nn.initializers.glorot_normal()
         param_dtype = to_jnp_dtype(cfg.param_dtype)
         self.u_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_heads, cfg.head_dim),
-                                          param_dtype))
+                                          param_dtype), **axes_metadata("heads", None))
         self.v_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_heads, cfg.head_dim),
-                                          param_dtype))
+                                          param_dtype), **axes_metadata("heads", None))
 
     def _heads(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
@@ -103,7 +103,9 @@ class ConvolutionModule(nnx.Module):
     """Pointwise(D→2D) → GLU → depthwise (kernel K, "same") → BatchNorm → SiLU → pointwise(D→D).
 
     The pointwise convolutions (kernel 1, no bias) are bias-free Linear layers; the depthwise
-    kernel is stored [K, D]. BatchNorm runs in inference mode on its running statistics.
+    kernel is stored [K, D]. BatchNorm uses its running statistics unless the module is put in
+    training mode (`nnx.Module.train()`), where it normalises by the batch's valid frames and
+    updates the running averages (momentum 0.9 as flax counts it, PyTorch's 0.1).
     """
 
     def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
@@ -113,11 +115,14 @@ class ConvolutionModule(nnx.Module):
         # PyTorch's Conv1d default: uniform with variance 1 / (3 · fan_in), fan_in = K here.
         conv_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         self.depthwise_conv = nnx.Param(conv_init(rngs.params(), (self.kernel_size, dim),
-                                                  param_dtype))
+                                                  param_dtype), **axes_metadata(None, "embed"))
         self.batch_norm = nnx.BatchNorm(dim, use_running_average=True, momentum=0.9,
                                         epsilon=cfg.batch_norm_eps,
                                         dtype=to_jnp_dtype(cfg.dtype), param_dtype=param_dtype,
                                         rngs=rngs)
+        for variable in (self.batch_norm.scale, self.batch_norm.bias, self.batch_norm.mean,
+                         self.batch_norm.var):
+            variable.set_metadata(**axes_metadata("norm"))
         self.pointwise_conv2 = linear(cfg, dim, dim, rngs, use_bias=False)
 
     def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
@@ -130,7 +135,8 @@ class ConvolutionModule(nnx.Module):
         x = jax.lax.conv_general_dilated(
             x, kernel, window_strides=(1,), padding=[(left, self.kernel_size - 1 - left)],
             dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x.shape[-1])
-        x = jax.nn.silu(self.batch_norm(x))
+        # Training mode (use_running_average=False) takes statistics over the valid frames only.
+        x = jax.nn.silu(self.batch_norm(x, mask=jnp.broadcast_to(valid[..., None], x.shape)))
         return self.pointwise_conv2(x)
 
 

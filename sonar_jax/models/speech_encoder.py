@@ -17,8 +17,8 @@ from flax import nnx
 
 from sonar_jax.config import SpeechModelConfig, TextModelConfig, to_jnp_dtype
 from sonar_jax.models.conformer import ConformerBlock
-from sonar_jax.models.layers import (FeedForward, MultiheadAttention, layer_norm, linear,
-                                     make_layer_stack, scan_layers, sinusoidal_table)
+from sonar_jax.models.layers import (FeedForward, MultiheadAttention, axes_metadata, layer_norm,
+                                     linear, make_layer_stack, scan_layers, sinusoidal_table)
 
 
 class SpeechEncoderOutput(NamedTuple):
@@ -45,7 +45,8 @@ class SpeechFrontend(nnx.Module):
     def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
         self.post_extract_layer_norm = nnx.LayerNorm(
             cfg.feature_dim, epsilon=cfg.layer_norm_eps, dtype=to_jnp_dtype(cfg.dtype),
-            param_dtype=to_jnp_dtype(cfg.param_dtype), use_fast_variance=False, rngs=rngs)
+            param_dtype=to_jnp_dtype(cfg.param_dtype), use_fast_variance=False,
+            scale_metadata=axes_metadata("norm"), bias_metadata=axes_metadata("norm"), rngs=rngs)
         self.model_dim_proj = linear(cfg, cfg.feature_dim, cfg.model_dim, rngs)
 
     def __call__(self, frames: jax.Array) -> jax.Array:
@@ -83,7 +84,7 @@ class AttentionPooler(nnx.Module):
         self.cfg = cfg
         init = jax.nn.initializers.normal(cfg.model_dim**-0.5)
         self.embed = nnx.Param(init(rngs.params(), (cfg.pooler_vocab_size, cfg.model_dim),
-                                    to_jnp_dtype(cfg.param_dtype)))
+                                    to_jnp_dtype(cfg.param_dtype)), **axes_metadata(None, "embed"))
         self.layers = make_layer_stack(PoolerLayer, cfg.pooler_config(), rngs)
         self.projection_out = linear(cfg, cfg.model_dim, cfg.model_dim, rngs, use_bias=False)
 
