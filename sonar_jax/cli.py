@@ -170,6 +170,17 @@ def _data_sample(args: argparse.Namespace) -> None:
     print(json.dumps(build_sample(args.out_dir, args.cache_dir), indent=1, ensure_ascii=False))
 
 
+def _data_teacher_cache(args: argparse.Namespace) -> None:
+    from sonar_jax.data.speech import cache_teacher_embeddings
+    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
+
+    pipeline = TextToEmbeddingModelPipeline(args.teacher)
+    info = cache_teacher_embeddings(
+        args.manifest.split(","), lambda texts, lang: pipeline.predict(
+            texts, source_lang=lang, batch_size=args.batch_size), args.out, lang=args.lang or "")
+    print(json.dumps(info, indent=1))
+
+
 def _train(args: argparse.Namespace) -> None:
     from sonar_jax.train.entry import run_from_flags
 
@@ -300,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("out_dir")
     sample.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     sample.set_defaults(run=_data_sample)
+    cache = data_commands.add_parser(
+        "teacher-cache", help="embed every transcription of speech manifests once with a text "
+                              "encoder, for speech distillation with teacher.mode=cached")
+    cache.add_argument("--teacher", required=True, help="converted text encoder directory")
+    cache.add_argument("--manifest", required=True, help="TSV manifest(s), comma-separated, in "
+                                                         "the order training lists them")
+    cache.add_argument("--out", required=True, help=".npy to write (and OUT.json beside it)")
+    cache.add_argument("--lang", help="NLLB code for manifests without a lang column")
+    cache.add_argument("--batch-size", type=int, default=64)
+    cache.set_defaults(run=_data_teacher_cache)
 
     train = commands.add_parser(
         "train", help="train (same flags as launch/train.py: --config=FILE[:VARIANT] "

@@ -141,8 +141,9 @@ class SpeechModelConfig(_DictConfig):
 
 
 
-def load_config_file(name_or_path: str):
-    """Loads `get_config()` from a file in `configs/` (by name, e.g. 'text_basic') or by path."""
+def load_config_file(name_or_path: str, *args: Any):
+    """Loads `get_config(*args)` from a file in `configs/` (by name, e.g. 'text_basic') or by
+    path (recipes build on each other this way: configs/ is a folder, not a package)."""
     path = pathlib.Path(name_or_path)
     if not path.suffix:
         path = CONFIGS_DIR / f"{name_or_path}.py"
@@ -152,7 +153,7 @@ def load_config_file(name_or_path: str):
     spec = importlib.util.spec_from_file_location(f"sonar_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(*args)
 
 
 def text_model_config(name_or_path: str, part: str, **overrides: Any) -> TextModelConfig:

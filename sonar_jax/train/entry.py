@@ -26,6 +26,23 @@ _DISTRIBUTED = flags.DEFINE_enum(
     flag_values=_FLAGS)
 
 
+RUNS = {"text": ("sonar_jax.train.text_run", "run_text_training"),
+        "decoder_finetune": ("sonar_jax.train.text_run", "run_decoder_finetune"),
+        "speech_distill": ("sonar_jax.train.speech_run", "run_speech_distillation")}
+
+
+def run_training(cfg, workdir: str):
+    """Runs the recipe `cfg.kind` names (configs/train_text.py, train_decoder.py,
+    train_speech.py); a config without `kind` is a text multi-loss run."""
+    import importlib
+
+    kind = cfg.get("kind", "text")
+    if kind not in RUNS:
+        raise ValueError(f"config kind {kind!r}: expected one of {sorted(RUNS)}")
+    module, function = RUNS[kind]
+    return getattr(importlib.import_module(module), function)(cfg, workdir)
+
+
 def run_from_flags(argv: Sequence[str]):
     """Parses `argv` (argv[0] is the program name) and runs the training it describes."""
     try:
@@ -39,9 +56,7 @@ def run_from_flags(argv: Sequence[str]):
     from sonar_jax.train.distributed import maybe_initialize
 
     maybe_initialize(_DISTRIBUTED.value)
-    from sonar_jax.train.text_run import run_text_training
-
-    result = run_text_training(_CONFIG.value, _WORKDIR.value)
+    result = run_training(_CONFIG.value, _WORKDIR.value)
     print(f"sonar-jax train: {result.stopped} at step {result.step} (workdir {_WORKDIR.value})",
           file=sys.stderr)
     return result

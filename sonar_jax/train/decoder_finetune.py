@@ -1,0 +1,99 @@
+"""Decoder fine-tuning on random interpolations (SONAR paper §3.1, "random interpolation
+decoding"): the encoder is frozen, each pair (x, y) gives
+
+    z = a·enc(x) + (1 − a)·enc(y),   a drawn per row,   L = CE(dec(z) -> y)
+
+so the decoder learns to read the whole neighbourhood between a sentence's embedding and its
+translation's, not only the points the encoder produced in training. The encoder is a frozen
+part (never in the optimizer state or a checkpoint, bit-identical after training); only the
+decoder is trained. The paper does not state the distribution of `a`: uniform on [low, high]
+by default, or Beta(alpha, beta) (config `interpolation`).
+
+Batch contract: the text pipeline's {"source", "target"} (noise off), see text_step.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from sonar_jax.functional import bind
+from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.train.text_step import (ce_metrics, interleaved_embeddings, model_configs,
+                                      summarize_ce, teacher_forced_ce)
+from sonar_jax.train.trainer import StepContext, Trainer
+
+DISTRIBUTIONS = ("uniform", "beta")
+
+
+def interpolation_weights(rng: jax.Array, rows: int, interpolation: Any) -> jax.Array:
+    """[rows] float32 weights `a` of enc(x) (1 − a goes to enc(y))."""
+    kind = interpolation.distribution
+    if kind == "uniform":
+        low, high = float(interpolation.low), float(interpolation.high)
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"interpolation low/high must satisfy 0 <= low <= high <= 1, got "
+                             f"{low}, {high}")
+        return jax.random.uniform(rng, (rows,), minval=low, maxval=high)
+    if kind == "beta":
+        return jax.random.beta(rng, float(interpolation.alpha), float(interpolation.beta), (rows,))
+    raise ValueError(f"interpolation.distribution {kind!r}: expected one of {DISTRIBUTIONS}")
+
+
+class DecoderFinetuneTrainer(Trainer):
+    """CE of decoding y from random interpolations of the frozen encoder's enc(x) and enc(y)."""
+
+    batch_fields = {"source": ("int", 2), "target": ("int", 2)}
+    required_fields = ("source", "target")
+
+    def __init__(self, cfg: Any, mesh: Mesh):
+        self.enc_cfg, self.dec_cfg = model_configs(cfg)
+        self.parts = {"decoder": (TextDecoder, self.dec_cfg)}
+        self.frozen_parts = {"encoder": (TextEncoder, self.enc_cfg)}
+        self.loss_cfg = cfg.loss
+        self.interpolation = cfg.interpolation
+        self.pad_idx = int(cfg.model.get("pad_idx", 0))
+        self.eos_idx = int(cfg.model.get("eos_idx", 3))
+        interpolation_weights(jax.random.key(0), 1, self.interpolation)  # validates the config
+        super().__init__(cfg, mesh)
+
+    def check_field(self, key: str, x) -> None:
+        vocab = self.enc_cfg.vocab_size if key == "source" else min(self.enc_cfg.vocab_size,
+                                                                    self.dec_cfg.vocab_size)
+        if x.size and (x.min() < 0 or x.max() >= vocab):
+            raise ValueError(f"batch[{key!r}] holds token ids outside [0, {vocab}): "
+                             f"min {x.min()}, max {x.max()}")
+
+    def _totals(self, batch: Mapping[str, jax.Array]) -> dict:
+        return {"tokens": jnp.sum((batch["target"] != self.pad_idx).astype(jnp.float32))}
+
+    def _loss(self, params: dict, batch: Mapping[str, jax.Array], totals: Mapping[str, Any],
+              ctx: StepContext) -> tuple[jax.Array, dict, Any]:
+        encoder = bind(TextEncoder, ctx.frozen["encoder"], self.enc_cfg)
+        decoder = bind(TextDecoder, params["decoder"], self.dec_cfg)
+        source, target = batch["source"], batch["target"]
+        embeddings = jax.lax.stop_gradient(
+            interleaved_embeddings(encoder, [source, target], self.pad_idx))  # [B, 2, D]
+        a = interpolation_weights(ctx.rng, source.shape[0], self.interpolation)[:, None]
+        z = a * embeddings[:, 0] + (1.0 - a) * embeddings[:, 1]
+        label_w = (target != self.pad_idx).astype(jnp.float32)[:, None]
+        ce = teacher_forced_ce(decoder, self.dec_cfg, z[:, None], target, label_w,
+                               eos_idx=self.eos_idx,
+                               label_smoothing=float(self.loss_cfg.label_smoothing),
+                               chunk_size=int(self.loss_cfg.ce_chunk_size))
+        loss = ce.loss[0] / jnp.maximum(totals["tokens"], 1.0)
+        sums = {"loss": loss, "interp_loss": ce.loss[0], "interp_nll": ce.nll[0],
+                "interp_correct": ce.correct[0], "interp_tokens": ce.weight[0]}
+        return loss, sums, ctx.model_state
+
+    def _metrics(self, sums: Mapping[str, jax.Array]) -> dict:
+        return {"loss": sums["loss"], **ce_metrics(sums, ("interp",))}
+
+    def summarize_eval(self, totals: Mapping[str, float]) -> dict:
+        out, loss = summarize_ce(totals, {"interp": 1.0})
+        out["loss"] = loss
+        return out
