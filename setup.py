@@ -24,6 +24,7 @@ setup(
         "grain>=0.2.10",
         "tensorboardX>=2.6",
         "sacrebleu>=2.4",
+        "matplotlib>=3.7",  # the main job's report.png
     ],
     extras_require={
         # Audio decoding and resampling for the speech pipelines and speech training data.

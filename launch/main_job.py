@@ -1,7 +1,10 @@
 """Main job (offline, CPU): train a small SONAR text model on real translations and evaluate it.
 
 1. data: the committed sample of LibreOffice UI translations (data/sample/libreoffice, 14
-   languages, built by `sonar-jax data sample`), X <-> English pairs of its train split;
+   languages, built by `sonar-jax data sample`), X <-> English pairs of its train split, and a
+   SentencePiece model trained on that split (OUT/tokenizer.spm.model, sized to the tiny
+   architecture's vocabulary: 40 pieces per German dev sentence instead of the test fixture's
+   UDHR model's 60);
 2. xsim of the randomly initialised encoder on the held-out devtest split, every language
    against English, both directions;
 3. training with the real multi-loss step (translation CE + 0.1 MSE + 0.01 denoising CE) for
@@ -10,7 +13,7 @@
 5. OUT/summary.json, OUT/xsim_before.json, OUT/xsim_after.json and OUT/report.png (training
    curves and the per-language xsim table).
 
-    python launch/main_job.py [--out runs/main_job-TIMESTAMP] [--variant tiny] [--steps 600]
+    python launch/main_job.py [--out runs/main_job-TIMESTAMP] [--variant tiny] [--steps 1200]
 
 Rerunning with the same --out resumes training from its newest checkpoint.
 """
@@ -38,16 +41,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=pathlib.Path,
                         default=REPO / "runs" / f"main_job-{time.strftime('%Y%m%d-%H%M%S')}")
     parser.add_argument("--variant", default="tiny", choices=["tiny", "mid"])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--split", default="devtest", help="held-out split for xsim")
     return parser.parse_args(argv)
 
 
-def make_config(variant: str, steps: int):
+def make_config(variant: str, steps: int, spm_path: pathlib.Path):
     from configs.train_text import get_config
 
     cfg = get_config(variant)
+    cfg.tokenizer.spm = str(spm_path)
     cfg.train.num_steps = steps
+    # From scratch on a small corpus the decoder first learns a language model and ignores the
+    # embedding; a high peak rate held longer (cosine from 3e-3 rather than the config's
+    # inverse-sqrt from 1e-3) gets it reading the embedding sooner (README has the figures).
+    cfg.optim.update(schedule="cosine", lr=3e-3, warmup_steps=50,
+                     decay_steps=max(steps - 50, 1), final_lr_fraction=0.1)
     cfg.checkpoint.every_steps = max(steps // 3, 1)
     cfg.eval.every_steps = max(steps // 6, 1)
     cfg.log.every_steps = 10
@@ -121,17 +130,26 @@ def main(argv=None) -> dict:
     sys.path.insert(0, str(REPO))  # configs/ is a folder of the repository, not a package
     import jax
 
+    from configs.train_text import get_config
     from sonar_jax import sharding
+    from sonar_jax.config import text_model_config
     from sonar_jax.pipelines import TextToEmbeddingModelPipeline, TextToTextModelPipeline
+    from sonar_jax.tokenizer import train_sentencepiece
     from sonar_jax.train.text_run import export_models, run_text_training, run_tokenizer
     from sonar_jax.train.text_step import TextTrainer
 
     out = args.out
     workdir = out / "train"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = make_config(args.variant, args.steps)
-    tokenizer = run_tokenizer(cfg)
     start = time.perf_counter()
+    spm_path = out / "tokenizer.spm.model"
+    if not spm_path.exists():
+        arch = text_model_config(get_config(args.variant).model.arch, "encoder")
+        train_sentencepiece((line for path in sorted((SAMPLE / "train").glob("*.train"))
+                             for line in path.read_text(encoding="utf-8").splitlines()),
+                            spm_path, vocab_size=arch.vocab_size)
+    cfg = make_config(args.variant, args.steps, spm_path)
+    tokenizer = run_tokenizer(cfg)
 
     initial = workdir / "export" / "step_0"
     if not initial.exists():
@@ -184,8 +202,8 @@ def main(argv=None) -> dict:
     print(f"\n{'language':<10} {'xsim err % before':>18} {'after':>8}")
     for lang in sorted(after):
         print(f"{lang:<10} {before[lang]:>18.1f} {after[lang]:>8.1f}")
-    print(f"{'average':<10} {summary['xsim_average_before']:>18.1f} "
-          f"{summary['xsim_average_after']:>8.1f}   (chance {chance:.1f}%)")
+    print(f"{'average':<10} {np.mean(list(before.values())):>18.1f} "
+          f"{np.mean(list(after.values())):>8.1f}   (chance {chance:.1f}%)")
     for example in examples:
         print(f"{example['lang']} -> {example['target_lang']}: {example['text']!r} -> "
               f"{example['translation']!r}")

@@ -89,3 +89,27 @@ class NllbTokenizer:
             raise ValueError(f"token ids {bad[:5]} are outside this tokenizer's vocabulary "
                              f"of {self.vocab_size}")
         return self._sp.decode(pieces)
+
+
+def train_sentencepiece(sentences: Iterable[str], path: str | pathlib.Path, *, vocab_size: int,
+                        langs: Sequence[str] | None = None) -> NllbTokenizer:
+    """Trains a unigram SentencePiece model on `sentences` (unk 0, bos 1, eos 2, no pad, as this
+    layout expects) with as many pieces as make the NLLB vocabulary exactly `vocab_size` ids
+    with `langs` (default: the released list), so it fits an architecture's embedding table.
+    For models trained from scratch on a corpus that no released tokenizer was made for."""
+    langs = list(langs) if langs is not None else read_langs()
+    pieces = vocab_size - 1 - len(langs) - len(DATA_TAGS)
+    if pieces < 16:
+        raise ValueError(f"vocab_size {vocab_size} leaves {pieces} SentencePiece pieces after "
+                         f"{len(langs)} language tags and the special ids; raise it")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=out, vocab_size=pieces,
+            model_type="unigram", character_coverage=0.9995, unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
+            minloglevel=2)
+    tokenizer = NllbTokenizer(path, langs)
+    assert tokenizer.vocab_size == vocab_size
+    return tokenizer
