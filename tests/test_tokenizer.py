@@ -2,10 +2,12 @@
 reference) for sentences in 12 scripts plus edge cases, in source and target mode."""
 
 import json
+import pathlib
 
 import pytest
 
-from sonar_jax.tokenizer import NllbTokenizer, UnknownLanguageError, read_langs
+from sonar_jax.tokenizer import (NllbTokenizer, UnknownLanguageError, read_langs,
+                                 train_sentencepiece)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +74,20 @@ def test_bad_mode_and_missing_model(tokenizer, tmp_path):
         tokenizer.encode("x", "eng_Latn", mode="both")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         NllbTokenizer(tmp_path / "missing.model")
+
+
+def test_trained_sentencepiece_fills_the_vocabulary_exactly(tmp_path):
+    sample = pathlib.Path(__file__).resolve().parents[1] / "data/sample/libreoffice/train"
+    lines = [line for path in sorted(sample.glob("*.train"))[:4]
+             for line in path.read_text(encoding="utf-8").splitlines()]
+    langs = ["eng_Latn", "deu_Latn", "ell_Grek"]
+    tokenizer = train_sentencepiece(lines, tmp_path / "a.model", vocab_size=1200, langs=langs)
+    assert tokenizer.vocab_size == 1200 and tokenizer.lang_id("ell_Grek") == 1200 - 3 - 1
+    ids = tokenizer.encode(lines[0], "deu_Latn")
+    assert ids[0] == tokenizer.lang_id("deu_Latn") and ids[-1] == 3 and max(ids) < 1200
+    assert tokenizer.decode(ids) == lines[0]
+    # Deterministic: the same text gives the same model.
+    train_sentencepiece(lines, tmp_path / "b.model", vocab_size=1200, langs=langs)
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    with pytest.raises(ValueError, match="raise it"):
+        train_sentencepiece(lines, tmp_path / "c.model", vocab_size=210)
