@@ -128,7 +128,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     run_evaluation(data=args.data, split=args.split, langs=args.langs, pivot=args.pivot,
                    encoder=args.encoder, decoder=args.decoder,
                    speech_embeddings=args.speech_embeddings, text_embeddings=args.text_embeddings,
-                   transcripts=args.transcripts, margin=args.margin, k=args.k,
+                   transcripts=args.transcripts, speech_encoder=args.speech_encoder,
+                   speech_manifest=args.speech_manifest, target_lang=args.target_lang,
+                   references=args.references, margin=args.margin, k=args.k,
                    compare="text" if args.text_comparison else "index",
                    batch_size=args.batch_size, beam_size=args.beam_size,
                    max_seq_len=args.max_seq_len, dtype=args.dtype, json_path=args.json,
@@ -278,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--speech-embeddings", help=".npy of utterance embeddings")
     evaluate.add_argument("--text-embeddings", help=".npy of their transcriptions' embeddings")
     evaluate.add_argument("--transcripts", help="transcriptions, one a line (text comparison)")
+    evaluate.add_argument("--speech-encoder", help="converted speech encoder directory: "
+                                                   "speech-to-text BLEU/chrF with --decoder")
+    evaluate.add_argument("--speech-manifest", help="TSV manifest(s) (audio, transcription, lang)")
+    evaluate.add_argument("--target-lang", help="decode speech into this language (default: the "
+                                                "clips' own)")
+    evaluate.add_argument("--references", help="reference translations, one per manifest row "
+                                               "(default: the transcriptions)")
     evaluate.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
     evaluate.add_argument("--k", type=int, default=4)
     evaluate.add_argument("--text-comparison", action="store_true",
@@ -331,7 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `train` hands its flags to absl; argparse's REMAINDER does not take a leading --flag.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.flags = unknown + list(args.flags)
     try:
         args.run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) as error:

@@ -246,3 +246,23 @@ def test_xsim_hook_equals_evaluating_the_exported_encoder(setup, tmp_path):
         expected = 100.0 * sum(r["errors"] for r in chosen) / sum(r["total"] for r in chosen)
         assert metrics[name] == pytest.approx(expected)
     assert 0.0 < metrics["xsim_error_percent"] <= 100.0
+
+
+def test_cli_train_passes_every_flag_to_the_entry_point(monkeypatch):
+    from sonar_jax import cli
+    from sonar_jax.train import entry
+
+    seen = []
+    monkeypatch.setattr(entry, "run_from_flags", seen.append)
+    flags = ["--config=configs/train_decoder.py:tiny", "--workdir=w", "--config.train.seed=3"]
+    assert cli.main(["train", *flags]) == 0
+    assert seen == [["sonar-jax train", *flags]]
+    with pytest.raises(SystemExit):
+        cli.main(["data", "sample", "out", "--no-such-flag"])
+
+
+def test_run_training_dispatches_on_the_config_kind(monkeypatch):
+    from sonar_jax.train import entry
+
+    with pytest.raises(ValueError, match="expected one of"):
+        entry.run_training(ml_collections.ConfigDict(dict(kind="nope")), "w")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from sonar_jax.evaluate import (bleu_tokenizer, evaluate_text_retrieval, evaluate_translation,
-                                format_table, run_evaluation, translation_scores, write_json)
+from sonar_jax.evaluate import (bleu_tokenizer, evaluate_speech_translation,
+                                evaluate_text_retrieval, evaluate_translation, format_table,
+                                run_evaluation, translation_scores, write_json)
 from sonar_jax.evaluate.report import averages
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
 
@@ -161,3 +162,60 @@ def test_run_evaluation_end_to_end_with_converted_models(flores, tmp_path, fixtu
     assert rows[:2] == direct
     assert "average" in out.getvalue()
     assert json.loads((tmp_path / "r.json").read_text())["settings"]["max_seq_len"] == 12
+
+
+class _EchoSpeech:
+    """A stand-in speech-to-text pipeline: 'decodes' each clip to a fixed text."""
+
+    def __init__(self, outputs):
+        self.outputs, self.calls = outputs, []
+
+    def predict(self, audio, target_lang, batch_size, **generation):
+        self.calls.append((list(audio), target_lang, generation))
+        return self.outputs
+
+
+def test_speech_translation_scores_the_decoded_clips():
+    refs = ["the cat sat on the mat", "a dog barks"]
+    echo = _EchoSpeech(["the cat sat on a mat", "a dog barks"])
+    (row,) = evaluate_speech_translation(echo, ["a.wav", "b.wav"], refs, "eng_Latn", beam_size=2)
+    expected = translation_scores(echo.outputs, refs, "eng_Latn")
+    assert row["source"] == "speech" and row["target"] == "eng_Latn"
+    assert row["bleu"] == expected["bleu"] and row["chrf++"] == expected["chrf++"]
+    assert echo.calls == [(["a.wav", "b.wav"], "eng_Latn", {"beam_size": 2})]
+    with pytest.raises(ValueError, match="2 clips for 1 references"):
+        evaluate_speech_translation(echo, ["a.wav", "b.wav"], refs[:1], "eng_Latn")
+
+
+def test_run_evaluation_scores_speech_to_text_from_a_manifest(tmp_path):
+    import pathlib
+
+    from flax import nnx
+
+    from sonar_jax.config import speech_model_config
+    from sonar_jax.model_dir import write_model_dir
+    from sonar_jax.models.speech_encoder import SpeechEncoder
+    from sonar_jax.speech_pipelines import SpeechToTextModelPipeline
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    speech = repo / "data/sample/speech/fillets/speech"
+    lines = (speech / "nld_Latn.dev.tsv").read_text(encoding="utf-8").splitlines()[:4]
+    manifest = tmp_path / "clips.tsv"
+    manifest.write_text("\n".join([lines[0]] + [f"{speech}/{line}" for line in lines[1:]]) + "\n",
+                        encoding="utf-8")
+    cfg = speech_model_config("speech_student_tiny")
+    encoder = write_model_dir(tmp_path / "speech", "speech_encoder", cfg,
+                              nnx.to_pure_dict(nnx.state(SpeechEncoder(cfg, rngs=nnx.Rngs(0)))),
+                              None)
+    decoder = repo / "tests/fixtures/trained/main_job_tiny/decoder"
+    rows = run_evaluation(speech_encoder=str(encoder), decoder=str(decoder),
+                          speech_manifest=str(manifest), beam_size=1, out=io.StringIO(),
+                          json_path=str(tmp_path / "r.json"))
+    (row,) = rows
+    outputs = SpeechToTextModelPipeline(encoder, decoder).predict(
+        [str(speech / line.split("\t")[0]) for line in lines[1:]], target_lang="nld_Latn",
+        batch_size=32, beam_size=1)
+    texts = [line.split("\t")[1] for line in lines[1:]]
+    assert row["language"] == "nld_Latn" and row["target"] == "nld_Latn"  # the clips' language
+    assert row["chrf++"] == translation_scores(outputs, texts, "nld_Latn")["chrf++"]
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["speech_manifest"]

@@ -219,6 +219,22 @@ def evaluate_speech_retrieval(speech_embeddings, text_embeddings, *, label: str 
             _retrieval_row("xsim", label, "text", "speech", text_to_speech)]
 
 
+def evaluate_speech_translation(pipeline, audio: Sequence, references: Sequence[str],
+                                target_lang: str, *, label: str = "speech", batch_size: int = 16,
+                                tokenize: str | None = None, **generation) -> list[dict]:
+    """BLEU, chrF and chrF++ of speech -> text: `audio` (paths or waveforms) decoded into
+    `target_lang` by a SpeechToTextModelPipeline (`generation` goes to its `predict`), against
+    one reference each: the transcriptions (speech -> text in the spoken language) or a
+    translation of them."""
+    if len(audio) != len(references):
+        raise ValueError(f"{len(audio)} clips for {len(references)} references")
+    hypotheses = pipeline.predict(list(audio), target_lang=target_lang, batch_size=batch_size,
+                                  **generation)
+    scores = translation_scores(hypotheses, references, target_lang, tokenize=tokenize)
+    return [{"task": "translation", "language": label, "source": "speech", "target": target_lang,
+             **scores}]
+
+
 _TABLE_METRICS = {"xsim": (("xsim", "error_rate"),), "xsim++": (("xsim++", "error_rate"),),
                   "translation": (("BLEU", "bleu"), ("chrF++", "chrf++"))}
 
@@ -283,19 +299,28 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
                    langs: Iterable[str] | str | None = None, pivot: str = "eng_Latn",
                    encoder: str | None = None, decoder: str | None = None,
                    speech_embeddings: str | None = None, text_embeddings: str | None = None,
-                   transcripts: str | None = None, margin: str = "ratio", k: int = 4,
+                   transcripts: str | None = None, speech_encoder: str | None = None,
+                   speech_manifest: str | None = None, target_lang: str | None = None,
+                   references: str | None = None, margin: str = "ratio", k: int = 4,
                    compare: str = "index", batch_size: int = 32, beam_size: int = 5,
                    max_seq_len: int | None = None, dtype: str | None = None,
                    json_path: str | None = None, progress: bool = True,
                    out: TextIO = sys.stdout) -> list[dict]:
     """What `sonar-jax evaluate` runs: xsim/xsim++ with a converted `encoder` directory, BLEU and
-    chrF too when a `decoder` is given, speech-to-text xsim from two .npy files; prints the table
-    to `out` and writes `json_path` when given."""
-    if encoder is None and decoder is None and speech_embeddings is None:
+    chrF too when a `decoder` is given, speech-to-text xsim from two .npy files, speech-to-text
+    BLEU/chrF of a `speech_encoder` and `decoder` on a `speech_manifest` (into `target_lang`,
+    default the clips' language, against the transcriptions or `references`, one a line);
+    prints the table to `out` and writes `json_path` when given."""
+    if encoder is None and speech_encoder is None and speech_embeddings is None:
         raise ValueError("nothing to evaluate: give an encoder (xsim), an encoder and a decoder "
-                         "(xsim and translation), or speech and text embeddings")
-    if decoder is not None and encoder is None:
-        raise ValueError("translation needs the encoder as well as the decoder")
+                         "(xsim and translation), speech and text embeddings (speech xsim), or "
+                         "a speech encoder, a decoder and a speech manifest (speech BLEU)")
+    if decoder is not None and encoder is None and speech_encoder is None:
+        raise ValueError("translation needs an encoder (text or speech) as well as the decoder")
+    if (speech_encoder is None) != (speech_manifest is None) or (
+            speech_encoder is not None and decoder is None):
+        raise ValueError("speech-to-text BLEU needs a speech encoder, a decoder and a speech "
+                         "manifest")
     if (speech_embeddings is None) != (text_embeddings is None):
         raise ValueError("speech retrieval needs both speech and text embeddings (.npy)")
     if encoder is not None and data is None:
@@ -314,6 +339,21 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
             rows += evaluate_translation(translator, data, split, langs, pivot,
                                          batch_size=batch_size, progress=progress,
                                          beam_size=beam_size, max_seq_len=max_seq_len)
+    if speech_encoder is not None:
+        from sonar_jax.data.speech import read_manifests
+        from sonar_jax.speech_pipelines import SpeechToTextModelPipeline
+
+        clips = read_manifests(speech_manifest.split(","))
+        spoken = sorted({clip.lang for clip in clips})
+        target = target_lang or (spoken[0] if len(spoken) == 1 else None)
+        if target is None:
+            raise ValueError(f"the manifest holds several languages {spoken}; give target_lang")
+        refs = ([clip.text for clip in clips] if references is None
+                else read_sentences(references))
+        rows += evaluate_speech_translation(
+            SpeechToTextModelPipeline(speech_encoder, decoder, dtype=dtype),
+            [clip.audio for clip in clips], refs, target, label="+".join(spoken),
+            batch_size=batch_size, beam_size=beam_size, max_seq_len=max_seq_len)
     if speech_embeddings is not None:
         texts = None if transcripts is None else read_sentences(transcripts)
         rows += evaluate_speech_retrieval(speech_embeddings, text_embeddings, margin=margin, k=k,
@@ -322,7 +362,9 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
     if json_path is not None:
         settings = {"data": data, "split": split, "pivot": pivot, "encoder": encoder,
                     "decoder": decoder, "speech_embeddings": speech_embeddings,
-                    "text_embeddings": text_embeddings, "margin": margin, "k": k,
+                    "text_embeddings": text_embeddings, "speech_encoder": speech_encoder,
+                    "speech_manifest": speech_manifest, "target_lang": target_lang,
+                    "references": references, "margin": margin, "k": k,
                     "compare": compare, "beam_size": beam_size if decoder else None,
                     "max_seq_len": max_seq_len if decoder else None}
         write_json(json_path, rows, settings)
