@@ -95,9 +95,13 @@ def load_audio(path: Union[str, os.PathLike], *, sample_rate: int = SAMPLE_RATE)
     return resample(np.ascontiguousarray(data[:, 0]), rate, sample_rate)
 
 
-def num_frames(num_samples: int) -> int:
-    """Frames Kaldi cuts from `num_samples` 16 kHz samples with snip_edges (0 under 400 samples)."""
-    return 0 if num_samples < FRAME_LENGTH else 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
+def num_frames(num_samples):
+    """Frames Kaldi cuts from `num_samples` 16 kHz samples with snip_edges (0 under 400 samples).
+
+    Elementwise: a Python int gives an int, a numpy or jax array (e.g. traced per-row counts in
+    the training step) an array of the same shape.
+    """
+    return (num_samples >= FRAME_LENGTH) * (1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT)
 
 
 def _mel_scale(freq: np.ndarray) -> np.ndarray:
@@ -250,18 +254,12 @@ def speech_features(audio: AudioInput, sample_rate: int | None = None) -> np.nda
     return np.asarray(_standardized_log_mel(*_jit_frames(padded), n))[:n]
 
 
-def frames_of(num_samples: jax.Array) -> jax.Array:
-    """`num_frames` of traced sample counts (int32 [B])."""
-    n = jnp.asarray(num_samples, jnp.int32)
-    return jnp.where(n < FRAME_LENGTH, 0, 1 + (n - FRAME_LENGTH) // FRAME_SHIFT)
-
-
 def batch_features(waveforms: jax.Array, num_samples: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Standardised fbank [B, F, 80] and frame counts [B] of right-padded 16 kHz waveforms
     [B, S] with `num_samples` [B] real samples each (F = num_frames(S)); pure jnp, for the
     training step, where features are computed on the accelerator from host-decoded audio.
     Frames past a row's count come out meaningless; pass the counts on as lengths."""
-    lengths = frames_of(num_samples)
+    lengths = num_frames(jnp.asarray(num_samples, jnp.int32))
     feats = jax.vmap(lambda w: _log_mel(*_frames(w)))(waveforms)
     return jax.vmap(standardize)(feats, lengths), lengths
 

@@ -30,18 +30,23 @@ from sonar_jax.train.trainer import StepContext, Trainer
 DISTRIBUTIONS = ("uniform", "beta")
 
 
+def check_interpolation(interpolation: Any) -> None:
+    """Refuses an `interpolation` config section that names no valid distribution."""
+    kind = interpolation.distribution
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"interpolation.distribution {kind!r}: expected one of {DISTRIBUTIONS}")
+    if kind == "uniform" and not 0.0 <= float(interpolation.low) <= float(interpolation.high) <= 1:
+        raise ValueError(f"interpolation low/high must satisfy 0 <= low <= high <= 1, got "
+                         f"{interpolation.low}, {interpolation.high}")
+
+
 def interpolation_weights(rng: jax.Array, rows: int, interpolation: Any) -> jax.Array:
     """[rows] float32 weights `a` of enc(x) (1 − a goes to enc(y))."""
-    kind = interpolation.distribution
-    if kind == "uniform":
-        low, high = float(interpolation.low), float(interpolation.high)
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"interpolation low/high must satisfy 0 <= low <= high <= 1, got "
-                             f"{low}, {high}")
-        return jax.random.uniform(rng, (rows,), minval=low, maxval=high)
-    if kind == "beta":
-        return jax.random.beta(rng, float(interpolation.alpha), float(interpolation.beta), (rows,))
-    raise ValueError(f"interpolation.distribution {kind!r}: expected one of {DISTRIBUTIONS}")
+    check_interpolation(interpolation)
+    if interpolation.distribution == "uniform":
+        return jax.random.uniform(rng, (rows,), minval=float(interpolation.low),
+                                  maxval=float(interpolation.high))
+    return jax.random.beta(rng, float(interpolation.alpha), float(interpolation.beta), (rows,))
 
 
 class DecoderFinetuneTrainer(Trainer):
@@ -58,7 +63,7 @@ class DecoderFinetuneTrainer(Trainer):
         self.interpolation = cfg.interpolation
         self.pad_idx = int(cfg.model.get("pad_idx", 0))
         self.eos_idx = int(cfg.model.get("eos_idx", 3))
-        interpolation_weights(jax.random.key(0), 1, self.interpolation)  # validates the config
+        check_interpolation(self.interpolation)
         super().__init__(cfg, mesh)
 
     def check_field(self, key: str, x) -> None:

@@ -50,6 +50,7 @@ def retrieval_hook(manifests: str, trainer: SpeechDistillTrainer, teacher, token
     from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
 
     rows = read_manifests(manifests.split(","))
+    clips = [audio.load_audio(row.audio) for row in rows]  # decoded once, scored every eval
     texts = [row.text for row in rows]
     text_embeddings = teacher_text_embeddings(teacher, tokenizer, texts,
                                               [row.lang for row in rows])
@@ -57,8 +58,7 @@ def retrieval_hook(manifests: str, trainer: SpeechDistillTrainer, teacher, token
     def hook(state, step: int) -> dict:
         student = host_module(SpeechEncoder, trainer.student_cfg,
                               trainer.export_params(state)["student"])
-        speech = SpeechToEmbeddingModelPipeline(student).predict([row.audio for row in rows],
-                                                                 batch_size=16)
+        speech = SpeechToEmbeddingModelPipeline(student).predict(clips, batch_size=16)
         to_text, to_speech = evaluate_speech_retrieval(speech, text_embeddings, texts=texts)
         return {"speech_to_text_error_percent": to_text["error_rate"],
                 "text_to_speech_error_percent": to_speech["error_rate"]}
@@ -99,7 +99,7 @@ def run_speech_distillation(cfg, workdir: str | pathlib.Path,
                           retrieval_hook(cfg.eval_data.manifest, trainer, teacher, tokenizer))
 
     def frames(batch) -> int:  # the loop's throughput unit here: fbank frames (100 per second)
-        return sum(audio.num_frames(int(n)) for n in batch["num_samples"])
+        return int(np.sum(audio.num_frames(batch["num_samples"])))
 
     result = train(trainer, workdir=workdir, options=loop_options(cfg),
                    train_batches=train_batches,

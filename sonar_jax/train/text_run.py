@@ -18,8 +18,8 @@ from sonar_jax import sharding
 from sonar_jax.data.pipeline import make_text_eval_iterator, make_text_train_iterator
 from sonar_jax.model_dir import langs_from_arg, load_model, load_tokenizer, write_model_dir
 from sonar_jax.tokenizer import NllbTokenizer
-from sonar_jax.train.loop import EvalHook, LoopOptions, LoopResult, train
 from sonar_jax.train.decoder_finetune import DecoderFinetuneTrainer
+from sonar_jax.train.loop import EvalHook, LoopOptions, LoopResult, train
 from sonar_jax.train.text_step import TextTrainer
 from sonar_jax.train.trainer import Trainer
 
@@ -56,10 +56,6 @@ def loop_options(cfg) -> LoopOptions:
                        preemption_check_every=cfg.checkpoint.preemption_check_every)
 
 
-_EXPORT_DIRS = {"text_encoder": "encoder", "text_decoder": "decoder",
-                "speech_encoder": "speech_encoder"}
-
-
 def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
                   out_dir: pathlib.Path, *, with_frozen: Sequence[str] = ()) -> None:
     """Writes the trained parts (and the frozen parts named in `with_frozen`, unchanged) as
@@ -70,7 +66,10 @@ def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
 
     from sonar_jax.models.speech_encoder import SpeechEncoder
     from sonar_jax.models.text_decoder import TextDecoder
+    from sonar_jax.models.text_encoder import TextEncoder
 
+    exports = {TextEncoder: ("text_encoder", "encoder"), TextDecoder: ("text_decoder", "decoder"),
+               SpeechEncoder: ("speech_encoder", "speech_encoder")}  # class -> (kind, folder)
     params = dict(trainer.export_params(state))
     params.update({part: trainer.frozen[part] for part in with_frozen})
     params = multihost_utils.process_allgather(params, tiled=True)
@@ -78,10 +77,9 @@ def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
         return
     for part, host in params.items():
         model_cls, part_cfg = {**trainer.parts, **trainer.frozen_parts}[part]
-        kind = {SpeechEncoder: "speech_encoder", TextDecoder: "text_decoder"}.get(
-            model_cls, "text_encoder")
-        write_model_dir(out_dir / _EXPORT_DIRS[kind], kind, part_cfg.replace(dtype="float32"),
-                        host, None if kind == "speech_encoder" else tokenizer)
+        kind, folder = exports[model_cls]
+        write_model_dir(out_dir / folder, kind, part_cfg.replace(dtype="float32"), host,
+                        None if kind == "speech_encoder" else tokenizer)
 
 
 def text_batches(cfg, tokenizer: NllbTokenizer, *, noise: bool):
