@@ -32,7 +32,7 @@ import numpy as np
 
 from sonar_jax import checkpoint
 from sonar_jax.config import TextModelConfig
-from sonar_jax.model_dir import PARAMS_DIR, read_config
+from sonar_jax.model_dir import load_params, read_config
 
 # Everything is built locally; never let transformers reach for the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,14 +44,10 @@ NUM_SPECIALS = 4
 
 # Our per-layer module names -> HF's (M2M100 keeps fairseq(1)'s names).
 LAYER_RENAMES = {
-    "self_attn.q_proj": "self_attn.q_proj",
-    "self_attn.k_proj": "self_attn.k_proj",
-    "self_attn.v_proj": "self_attn.v_proj",
+    "self_attn.qkv_proj": "self_attn.{}_proj",
     "self_attn.output_proj": "self_attn.out_proj",
     "self_attn_layer_norm": "self_attn_layer_norm",
-    "encoder_decoder_attn.q_proj": "encoder_attn.q_proj",
-    "encoder_decoder_attn.k_proj": "encoder_attn.k_proj",
-    "encoder_decoder_attn.v_proj": "encoder_attn.v_proj",
+    "encoder_decoder_attn.qkv_proj": "encoder_attn.{}_proj",
     "encoder_decoder_attn.output_proj": "encoder_attn.out_proj",
     "encoder_decoder_attn_layer_norm": "encoder_attn_layer_norm",
     "ffn.inner_proj": "fc1",
@@ -122,7 +118,8 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
 def hf_state_dict(params: dict, cfg: TextModelConfig, prefix: str) -> dict[str, np.ndarray]:
     """Our parameter tree -> HF names (under `prefix`, e.g. "model.decoder.") and layouts.
 
-    Layers are unstacked, kernels transposed to torch's [out, in], LayerNorm scale -> weight, and
+    Layers are unstacked, the fused q/k/v projections split, kernels transposed to torch's
+    [out, in], LayerNorm scale -> weight, and
     the embedding's special rows put in HF's order. The shared table is returned as
     `prefix + "embed_tokens.weight"`; the caller ties it to the output projection.
     """
@@ -135,8 +132,12 @@ def hf_state_dict(params: dict, cfg: TextModelConfig, prefix: str) -> dict[str, 
         elif path[0] == "layers":
             module, leaf = LAYER_RENAMES[".".join(path[1:-1])], LEAF_RENAMES[path[-1]]
             for layer in range(cfg.num_layers):
-                tensor = value[layer].T if path[-1] == "kernel" else value[layer]
-                out[f"{prefix}layers.{layer}.{module}.{leaf}"] = np.ascontiguousarray(tensor)
+                # The fused q/k/v projection holds q, k, v in slots of its second-last axis.
+                parts = ([(module.format(n), value[layer][..., i, :]) for i, n in enumerate("qkv")]
+                         if "{}" in module else [(module, value[layer])])
+                for name, tensor in parts:
+                    tensor = tensor.T if path[-1] == "kernel" else tensor
+                    out[f"{prefix}layers.{layer}.{name}.{leaf}"] = np.ascontiguousarray(tensor)
         else:
             raise KeyError(f"unexpected parameter {'/'.join(path)}")
     return out
@@ -186,8 +187,7 @@ def _restore(model_dir: str | pathlib.Path, kind: str) -> tuple[TextModelConfig,
     found, cfg = read_config(model_dir)
     if found != kind:
         raise ValueError(f"{model_dir} holds a {found}, not a {kind}")
-    params = checkpoint.to_numpy(checkpoint.restore_params(pathlib.Path(model_dir) / PARAMS_DIR,
-                                                           dtype="float32"))
+    params = checkpoint.to_numpy(load_params(model_dir, dtype="float32"))
     return cfg, params
 
 

@@ -27,6 +27,12 @@ def to_jnp_dtype(name: str):
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
 
 
+def check_attention(name: str) -> None:
+    from sonar_jax.models.attention import check_implementation
+
+    check_implementation(name)
+
+
 class _DictConfig:
     """replace / to_dict / from_dict shared by the frozen config dataclasses."""
 
@@ -51,7 +57,8 @@ class TextModelConfig(_DictConfig):
 
     `max_seq_len` counts positions the sinusoidal table covers: 514 for the released encoder
     (fairseq's 512 + pad_idx + 1), 512 for the decoder. `dtype` is the compute dtype; parameters are
-    kept in `param_dtype`.
+    kept in `param_dtype`. `attention` picks the attention kernel: "auto" (cuDNN's flash kernel on
+    GPUs where it applies, XLA elsewhere), "xla" or "cudnn" (`sonar_jax.models.attention`).
     """
 
     vocab_size: int = 256206
@@ -65,6 +72,7 @@ class TextModelConfig(_DictConfig):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.model_dim % self.num_heads:
@@ -74,6 +82,7 @@ class TextModelConfig(_DictConfig):
             raise ValueError(f"model_dim {self.model_dim} must be even for sinusoidal positions")
         to_jnp_dtype(self.dtype)
         to_jnp_dtype(self.param_dtype)
+        check_attention(self.attention)
 
     @property
     def head_dim(self) -> int:
@@ -108,6 +117,7 @@ class SpeechModelConfig(_DictConfig):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention: str = "auto"
 
     def __post_init__(self):
         for dim, heads, what in ((self.model_dim, self.num_heads, "num_heads"),
@@ -121,6 +131,7 @@ class SpeechModelConfig(_DictConfig):
                              f"{self.pooler_vocab_size}-row embedding table")
         to_jnp_dtype(self.dtype)
         to_jnp_dtype(self.param_dtype)
+        check_attention(self.attention)
 
     @property
     def head_dim(self) -> int:
@@ -137,7 +148,8 @@ class SpeechModelConfig(_DictConfig):
                                num_layers=self.pooler_layers, num_heads=self.pooler_heads,
                                ffn_dim=self.pooler_ffn_dim, max_seq_len=1, pad_idx=1,
                                layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
-                               param_dtype=self.param_dtype, remat_policy=self.remat_policy)
+                               param_dtype=self.param_dtype, remat_policy=self.remat_policy,
+                               attention=self.attention)
 
 
 

@@ -1,11 +1,12 @@
 """Pure functions of parameter pytrees, for users who call SONAR inside their own jitted code.
 
-    params = sonar_jax.checkpoint.restore_params("converted/encoder/params")
+    params = sonar_jax.model_dir.load_params("converted/encoder")
     _, cfg = sonar_jax.model_dir.read_config("converted/encoder")
     step = jax.jit(lambda p, t: encode(p, t, config=cfg).sentence_embeddings)
 
-`params` is the nested dict that `checkpoint.restore_params` returns (or an `nnx.State` of the
-same module); `config` is the model's TextModelConfig, which is hashable and therefore static.
+`params` is the nested dict that `model_dir.load_params` returns (or an `nnx.State` of the
+same module; trees with the q/k/v projections apart, as format-1 directories hold them, are
+fused on the fly); `config` is the model's TextModelConfig, which is hashable and therefore static.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from sonar_jax.config import TextModelConfig
 from sonar_jax.generate import Generation, GenerationConfig, beam_search, sample
+from sonar_jax.models import qkv_layout
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import EncoderOutput, TextEncoder
 
@@ -34,6 +37,8 @@ def bind(model_cls: type, params: Any, config: TextModelConfig) -> nnx.Module:
     if isinstance(params, nnx.State):
         return nnx.merge(graphdef, params)
     state = jax.tree.map(lambda x: x, abstract)  # a fresh copy to fill
+    if qkv_layout.needs_fusing(params):
+        params = qkv_layout.fuse_tree(params, jnp)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.models.text_decoder import IncrementalDecoder, TextDecoder
 from sonar_jax.tokenizer import EOS, PAD, UNK
 
 PROMPT_LEN = 2  # [eos, lang]
@@ -81,6 +81,30 @@ class Generation(NamedTuple):
     scores: jax.Array  # [N] normalised score (beam search) or log-probability (sampling)
 
 
+# Up to this k, top-k on the CPU is k passes of max: XLA:CPU implements lax.top_k as a sort of the
+# whole row (27 ms a step for 32 x 3,206 candidates, most of a greedy step of the small model).
+CPU_TOP_K_BY_MAX = 16
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k` over the last axis: values in descending order, ties by lower index."""
+    if jax.default_backend() != "cpu" or k > CPU_TOP_K_BY_MAX:
+        return jax.lax.top_k(x, k)
+    width = x.shape[-1]
+    index = jnp.arange(width, dtype=jnp.int32)
+    taken = jnp.zeros(x.shape, bool)
+    values, indices = [], []
+    for _ in range(k):
+        candidates = jnp.where(taken, -jnp.inf, x)
+        best = jnp.max(candidates, axis=-1, keepdims=True)
+        first = jnp.min(jnp.where((candidates == best) & ~taken, index, width), axis=-1,
+                        keepdims=True)
+        taken = taken | (index == first)
+        values.append(best)
+        indices.append(first)
+    return jnp.concatenate(values, -1), jnp.concatenate(indices, -1)
+
+
 def _log_probs(logits: jax.Array, temperature: float) -> jax.Array:
     if temperature != 1.0:
         logits = logits / temperature
@@ -98,18 +122,19 @@ def _constrain(lprobs: jax.Array, step: jax.Array, max_seq_len: jax.Array,
     return jnp.where(step == max_seq_len - 1, forced_eos, lprobs)
 
 
-def _prefill(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array, capacity: int,
-             temperature: float):
-    """Runs the prompt; returns (log-probs of the first generated position, prompt score, cache)."""
-    cache = decoder.init_cache(embeddings, capacity)
+def _prefill(decoder: IncrementalDecoder, embeddings: jax.Array, lang_ids: jax.Array,
+             capacity: int, group: int, temperature: float):
+    """Runs the prompt; returns (log-probs of the first generated position, prompt score, cache).
+
+    embeddings/lang_ids hold `group` consecutive copies of each input (one per hypothesis)."""
     prompt = jnp.stack([jnp.full_like(lang_ids, EOS), lang_ids], axis=1)
-    logits, cache = decoder.step(prompt, cache)
+    logits, cache = decoder.prefill(embeddings, prompt, capacity, group)
     lprobs = _log_probs(logits, temperature)
     prompt_score = jnp.take_along_axis(lprobs[:, 0], lang_ids[:, None], axis=1)[:, 0]
     return lprobs[:, 1], prompt_score, cache
 
 
-def _pure_step(decoder: TextDecoder):
+def _pure_step(decoder: IncrementalDecoder):
     """(`step(params, tokens, cache)`, params): `decoder.step` as a pure function.
 
     An NNX module may not be closed over inside a `lax.while_loop` body (a different trace level),
@@ -117,12 +142,6 @@ def _pure_step(decoder: TextDecoder):
     """
     graphdef, params = nnx.split(decoder)
     return (lambda p, tokens, cache: nnx.merge(graphdef, p).step(tokens, cache)), params
-
-
-def _reorder(cache, rows: jax.Array):
-    """Gathers the KV cache of the surviving beams. `cross` is left alone: every beam of an
-    input shares its embedding, and beams never move between inputs."""
-    return cache._replace(keys=cache.keys[:, rows], values=cache.values[:, rows])
 
 
 def _limits(config: GenerationConfig, max_seq_len: jax.Array | int | None):
@@ -144,10 +163,12 @@ def beam_search(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array
     if 2 * beam > vocab:
         raise ValueError(f"beam_size {beam} needs a vocabulary of at least {2 * beam} tokens")
 
-    decode_step, params = _pure_step(decoder)
+    incremental = decoder.incremental()
+    decode_step, params = _pure_step(incremental)
     repeated = jnp.repeat(embeddings, beam, axis=0)
-    first_lprobs, prompt_score, cache = _prefill(decoder, repeated, jnp.repeat(lang_ids, beam),
-                                                 config.capacity, config.temperature)
+    first_lprobs, prompt_score, cache = _prefill(incremental, repeated,
+                                                 jnp.repeat(lang_ids, beam), config.capacity,
+                                                 beam, config.temperature)
     # Only beam 0 is live after the prompt: the others start at -inf so the first step draws its
     # 2·beam candidates from one row, as the reference's beam of size 1 does.
     live = jnp.where(jnp.arange(beam) == 0, 0.0, -jnp.inf)
@@ -169,7 +190,7 @@ def beam_search(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array
         step, done = s["step"], s["fin_count"] >= beam
         lprobs = _constrain(s["lprobs"], step, max_len, min_seq_len, config.unk_penalty)
         cand = (s["scores"][..., None] + lprobs.reshape(num, beam, vocab)).reshape(num, -1)
-        top_scores, top_idx = jax.lax.top_k(cand, 2 * beam)
+        top_scores, top_idx = top_k(cand, 2 * beam)
         src_beam, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
         pos = step - PROMPT_LEN  # index of this token in the generated part
 
@@ -197,8 +218,7 @@ def beam_search(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array
         tokens = jnp.take_along_axis(s["tokens"], next_beam[..., None], axis=1)
         tokens = tokens.at[:, :, pos].set(next_token)
         scores = jnp.take_along_axis(top_scores, keep, axis=1)
-        flat_rows = (jnp.arange(num)[:, None] * beam + next_beam).reshape(-1)
-        cache = _reorder(s["cache"], flat_rows)
+        cache = s["cache"].reorder(next_beam)
         logits, cache = decode_step(s["params"], next_token.reshape(-1, 1), cache)
         frozen = done[:, None]
         return dict(step=step + 1, lprobs=_log_probs(logits[:, 0], config.temperature),
@@ -220,8 +240,9 @@ def sample(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array,
     """One sampled continuation per row; reproducible for a given `rng`."""
     num = embeddings.shape[0]
     max_len, min_seq_len = _limits(config, max_seq_len)
-    decode_step, params = _pure_step(decoder)
-    lprobs, prompt_score, cache = _prefill(decoder, embeddings, lang_ids, config.capacity,
+    incremental = decoder.incremental()
+    decode_step, params = _pure_step(incremental)
+    lprobs, prompt_score, cache = _prefill(incremental, embeddings, lang_ids, config.capacity, 1,
                                            config.temperature)
     gen_len = config.capacity - PROMPT_LEN
     state = dict(step=jnp.asarray(PROMPT_LEN, jnp.int32), lprobs=lprobs, cache=cache,
@@ -255,7 +276,7 @@ def _truncate(lprobs: jax.Array, sampler: TopKSampler | TopPSampler | None) -> j
     if sampler is None:
         return lprobs
     if isinstance(sampler, TopKSampler):
-        kth = jax.lax.top_k(lprobs, sampler.k)[0][:, -1:]
+        kth = top_k(lprobs, sampler.k)[0][:, -1:]
         return jnp.where(lprobs >= kth, lprobs, -jnp.inf)
     sorted_lp = jnp.sort(lprobs, axis=-1)[:, ::-1]
     mass_before = jnp.cumsum(jnp.exp(sorted_lp), axis=-1) - jnp.exp(sorted_lp)

@@ -1,12 +1,15 @@
 """Converted model directories: self-contained, written atomically, loaded without torch.
 
 Layout:
-    config.json        {"format": 1, "kind": "text_encoder"|"text_decoder"|"speech_encoder",
+    config.json        {"format": 2, "kind": "text_encoder"|"text_decoder"|"speech_encoder",
                         "model": {...}}
     params/            orbax parameter tree (sonar_jax.checkpoint)
     tokenizer.model    the SentencePiece model (text models only)
     langs.txt          the language list, one code a line (its order fixes the language ids;
                        text models only: a speech encoder reads audio, not tokens)
+
+Format 2 stores each attention's q/k/v projections fused (`qkv_proj`, see
+`sonar_jax.models.qkv_layout`); format-1 directories, which hold them apart, are fused when loaded.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from flax import nnx
 
 from sonar_jax import checkpoint
 from sonar_jax.config import SpeechModelConfig, TextModelConfig
+from sonar_jax.models import qkv_layout
 from sonar_jax.tokenizer import NllbTokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: q/k/v projections stored apart
 CONFIG_CLASSES = {"text_encoder": TextModelConfig, "text_decoder": TextModelConfig,
                   "speech_encoder": SpeechModelConfig}
 CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
@@ -75,21 +80,45 @@ def write_model_dir(out_dir: str | pathlib.Path, kind: str,
     return pathlib.Path(out_dir)
 
 
-def read_config(model_dir: str | pathlib.Path
-                ) -> tuple[str, TextModelConfig | SpeechModelConfig]:
-    """(kind, config) of a converted directory, with errors that say what is wrong."""
+def _read_config_file(model_dir: str | pathlib.Path) -> dict:
     path = pathlib.Path(model_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a converted sonar_jax model directory (no "
                                 f"{CONFIG_FILE}); make one with `sonar-jax convert`")
     config = json.loads(path.read_text())
-    if config.get("format") != FORMAT_VERSION:
+    if config.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path}: format {config.get('format')!r} is not supported "
-                         f"(this sonar_jax reads format {FORMAT_VERSION})")
+                         f"(this sonar_jax reads formats {READABLE_FORMATS})")
     if config.get("kind") not in CONFIG_CLASSES:
         raise ValueError(f"{path}: unknown model kind {config.get('kind')!r}; this sonar_jax "
                          f"reads {sorted(CONFIG_CLASSES)}")
+    return config
+
+
+def read_config(model_dir: str | pathlib.Path
+                ) -> tuple[str, TextModelConfig | SpeechModelConfig]:
+    """(kind, config) of a converted directory, with errors that say what is wrong."""
+    config = _read_config_file(model_dir)
     return config["kind"], CONFIG_CLASSES[config["kind"]].from_dict(config["model"])
+
+
+def load_params(model_dir: str | pathlib.Path, *, dtype: str | None = None,
+                sharding: Any = None) -> dict:
+    """The parameter tree of a converted directory in the current layout (format-1 directories
+    get their q/k/v projections fused); dtype and sharding as in `checkpoint.restore_params`."""
+    params_dir = pathlib.Path(model_dir) / PARAMS_DIR
+    if _read_config_file(model_dir)["format"] != 1:
+        return checkpoint.restore_params(params_dir, dtype=dtype, sharding=sharding)
+    import jax
+    import jax.numpy as jnp
+
+    params = qkv_layout.fuse_tree(checkpoint.restore_params(params_dir, dtype=dtype), jnp)
+    if sharding is None:
+        return params
+    if callable(sharding):
+        return jax.tree.map(
+            lambda x: jax.device_put(x, sharding(jax.ShapeDtypeStruct(x.shape, x.dtype))), params)
+    return jax.device_put(params, sharding)
 
 
 def load_tokenizer(model_dir: str | pathlib.Path) -> NllbTokenizer:
@@ -126,9 +155,8 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
                  "speech_encoder": SpeechEncoder}[kind]
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    params = checkpoint.restore_params(pathlib.Path(model_dir) / PARAMS_DIR,
-                                       dtype=cfg.param_dtype, sharding=sharding)
-    nnx.replace_by_pure_dict(state, params)
+    nnx.replace_by_pure_dict(state, load_params(model_dir, dtype=cfg.param_dtype,
+                                                sharding=sharding))
     return nnx.merge(graphdef, state)
 
 

@@ -24,7 +24,7 @@ def decoder():
                         rngs=nnx.Rngs(3))
     table = model.embed.embedding[...] * 0.2
     model.embed.embedding[...] = table
-    model.layer_norm.bias[...] += 3.0 * table[EOS] / jnp.linalg.norm(table[EOS])
+    model.layer_norm.bias[...] += 2.0 * table[EOS] / jnp.linalg.norm(table[EOS])
     return model
 
 

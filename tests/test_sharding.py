@@ -114,7 +114,7 @@ def test_every_parameter_has_logical_axes():
     assert all(len(n) == len(s.shape) for n, s in zip(names, shapes))
     layers = trainer.param_axes["decoder"]["layers"]
     assert layers["ffn"]["inner_proj"]["kernel"] == ("layers", "embed", "mlp")
-    assert layers["self_attn"]["q_proj"]["kernel"] == ("layers", "embed", "heads")
+    assert layers["self_attn"]["qkv_proj"]["kernel"] == ("layers", "embed", None, "heads")
     assert trainer.param_axes["encoder"]["embed"]["embedding"] == ("vocab", "embed")
 
 
@@ -187,7 +187,10 @@ SPECS = {
                                P(None, "fsdp", "tensor"),
                            ("decoder", "layers", "self_attn", "output_proj", "kernel"):
                                P(None, "tensor", "fsdp"),
-                           ("decoder", "layers", "self_attn", "q_proj", "bias"): P(None, "tensor"),
+                           ("decoder", "layers", "self_attn", "qkv_proj", "bias"):
+                               P(None, None, "tensor"),
+                           ("decoder", "layers", "self_attn", "qkv_proj", "kernel"):
+                               P(None, "fsdp", None, "tensor"),
                            ("decoder", "embed", "embedding"): P("tensor", "fsdp")}),
 }
 

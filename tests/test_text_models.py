@@ -57,10 +57,10 @@ def test_cached_decoding_equals_teacher_forcing(decoder):
     emb = jax.random.normal(jax.random.key(0), (3, 64))
     tokens = jax.random.randint(jax.random.key(1), (3, 9), 4, 3000).at[:, 0].set(3)
     full = decoder(emb, tokens)
-    graphdef, state = nnx.split(decoder)
+    incremental = decoder.incremental()
+    graphdef, state = nnx.split(incremental)
     step = jax.jit(lambda s, t, c: nnx.merge(graphdef, s).step(t, c))
-    cache = decoder.init_cache(emb, max_len=16)
-    logits, cache = step(state, tokens[:, :2], cache)  # prefill the [eos, lang] prompt
+    logits, cache = incremental.prefill(emb, tokens[:, :2], capacity=16)  # the [eos, lang] prompt
     steps = [logits]
     for t in range(2, 9):
         logits, cache = step(state, tokens[:, t:t + 1], cache)
@@ -69,13 +69,36 @@ def test_cached_decoding_equals_teacher_forcing(decoder):
     assert int(cache.length) == 9
 
 
+def test_beam_groups_read_their_history_through_the_origin_table(decoder):
+    """Hypotheses that change parents reorder only `origin`; each then decodes exactly as its
+    own history, teacher-forced, does."""
+    emb = jax.random.normal(jax.random.key(4), (2, 64))
+    group, steps = 3, 7
+    tokens = np.array(jax.random.randint(jax.random.key(5), (2, group, steps), 4, 3000))
+    tokens[..., 0] = 3
+    parents = np.asarray(jax.random.randint(jax.random.key(6), (steps, 2, group), 0, group))
+    incremental = decoder.incremental()
+    history = tokens[..., :1].copy()  # [N, G, t]: each hypothesis' tokens so far
+    repeated = jnp.repeat(emb, group, axis=0)
+    logits, cache = incremental.prefill(repeated, jnp.asarray(history.reshape(-1, 1)), 12, group)
+    for t in range(steps):
+        if t:
+            logits, cache = incremental.step(jnp.asarray(history[..., -1].reshape(-1, 1)), cache)
+        forced = decoder(repeated, jnp.asarray(history.reshape(2 * group, -1)))
+        np.testing.assert_allclose(logits[:, 0], forced[:, -1], atol=1e-5)
+        if t + 1 < steps:  # move to new parents, then append each hypothesis' next token
+            cache = cache.reorder(jnp.asarray(parents[t]))
+            history = np.take_along_axis(history, parents[t][..., None], axis=1)
+            history = np.concatenate([history, tokens[..., t + 1:t + 2]], axis=2)
+
+
 def test_cross_attention_shortcut_equals_softmax_over_one_key(decoder):
     """The per-sequence shortcut is exactly attention over the single key the reference uses."""
     emb = jax.random.normal(jax.random.key(2), (2, 64))
     x = jax.random.normal(jax.random.key(3), (2, 5, 64))
     layer = nnx.merge(*_first_layer(decoder))
     attn = layer.encoder_decoder_attn
-    full = attn(layer.encoder_decoder_attn_layer_norm(x), kv=attn.project_kv(emb[:, None, :]))
+    full = attn(layer.encoder_decoder_attn_layer_norm(x), memory=emb[:, None, :])
     shortcut = layer.cross_attention_values(emb)
     np.testing.assert_allclose(full, jnp.broadcast_to(shortcut[:, None], full.shape), atol=1e-5)
 

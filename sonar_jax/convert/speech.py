@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from sonar_jax.config import SpeechModelConfig
+from sonar_jax.models import qkv_layout as qkv
 from sonar_jax.convert.text import (FAIRSEQ1_IGNORED, FAIRSEQ1_LAYER_RENAMES, ConversionError,
                                     _check_keys, _leaf)
 
@@ -89,24 +90,25 @@ def _depthwise(a: np.ndarray) -> np.ndarray:
     return a[:, 0, :].T
 
 
-def target(key: str) -> tuple[tuple[str, ...], int | None, Callable | None]:
-    """(path in our parameter tree, layer index or None, array transform or None) of a
-    fairseq2 key; KeyError for a key the model does not have."""
+def target(key: str) -> tuple[tuple[str, ...], int | None, int | None, Callable | None]:
+    """(path in our parameter tree, layer index or None, q/k/v slot or None, array transform or
+    None) of a fairseq2 key; KeyError for a key the model does not have."""
     match = _CONFORMER_KEY.match(key) or _POOLER_KEY.match(key)
     if match:
         layer, rest = int(match.group(1)), match.group(2)
         root = ("layers",) if key.startswith("encoder.") else ("encoder_pooler", "layers")
         path, transform = _module_param(rest.replace("self_attn.sdpa.", "self_attn."))
-        return root + path, layer, transform
+        path, slot = qkv.fused_path(root + path)
+        return path, layer, slot, transform
     if key == "encoder_pooler.decoder_frontend.embed.weight":
-        return ("encoder_pooler", "embed"), None, None
+        return ("encoder_pooler", "embed"), None, None, None
     if key == "encoder_pooler.projection_out.weight":
-        return ("encoder_pooler", "projection_out", "kernel"), None, _transpose
+        return ("encoder_pooler", "projection_out", "kernel"), None, None, _transpose
     for prefix in ("encoder_frontend.post_extract_layer_norm.", "encoder_frontend.model_dim_proj.",
                    "layer_norm."):
         if key.startswith(prefix):
             path, transform = _module_param(key)
-            return path, None, transform
+            return path, None, None, transform
     raise KeyError(key)
 
 
@@ -213,11 +215,12 @@ def convert_state_dict(state_dict: dict, *, num_heads: int = 16, dtype: str = "f
     _check_shapes(plan, cfg, source)
     out_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
     params: dict = {}
-    for key, lazy, path, layer, transform in plan:
+    for key, lazy, path, layer, slot, transform in plan:
         value = lazy.load()
         value = transform(value) if transform else value
-        buffer = _leaf(params, path, _stacked(value.shape, layer, path, cfg), out_dtype)
-        buffer[() if layer is None else layer] = value
+        shape = _stacked(qkv.slot_shape(value.shape, slot), layer, path, cfg)
+        buffer = _leaf(params, path, shape, out_dtype)
+        qkv.write_slot(buffer if layer is None else buffer[layer], slot, value)
         del value
     return cfg.replace(dtype=dtype, param_dtype=dtype), params
 
@@ -249,9 +252,10 @@ def _check_shapes(plan: list, cfg: SpeechModelConfig, source: str) -> None:
     abstract = nnx.eval_shape(lambda: SpeechEncoder(cfg, rngs=nnx.Rngs(0)))
     expected = {tuple(str(k) for k in path): tuple(leaf.shape)
                 for path, leaf in nnx.to_flat_state(nnx.state(abstract))}
-    for key, lazy, path, layer, transform in plan:
+    for key, lazy, path, layer, slot, transform in plan:
         shape = _converted_shape(lazy, transform)
-        if shape is None or expected.get(path) != _stacked(shape, layer, path, cfg):
+        if shape is None or expected.get(path) != _stacked(qkv.slot_shape(shape, slot), layer,
+                                                           path, cfg):
             raise ConversionError(
                 f"{source}: {key} has shape {tuple(lazy.shape)}, which does not fit a speech "
                 f"encoder with model_dim {cfg.model_dim}, ffn_dim {cfg.ffn_dim}, "

@@ -2,7 +2,8 @@
 
 Accepts `{"model": state_dict}`, a bare state dict, and fairseq(1)-named layouts (legacy key names
 and fairseq's special-token row order). Tensors are read one at a time and written straight into
-preallocated, layer-stacked numpy buffers, so peak memory is the output plus one tensor.
+preallocated, layer-stacked numpy buffers (q/k/v into the slots of the fused projection), so peak
+memory is the output plus one tensor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from sonar_jax.config import TextModelConfig
+from sonar_jax.models import qkv_layout as qkv
 
 KINDS = ("text_encoder", "text_decoder")
 
@@ -87,23 +89,24 @@ def to_fairseq2_names(state_dict: dict, kind: str) -> dict:
     return renamed
 
 
-def target_path(key: str, kind: str) -> tuple[tuple[str, ...], int | None, bool]:
-    """(path in our parameter tree, layer index or None, transpose?) of a fairseq2 key."""
+def target_path(key: str, kind: str) -> tuple[tuple[str, ...], int | None, int | None, bool]:
+    """(path in our parameter tree, layer index or None, q/k/v slot or None, transpose?) of a
+    fairseq2 key."""
     prefix = _PREFIX[kind]
     if key == embed_key(kind):
-        return ("embed", "embedding"), None, False
+        return ("embed", "embedding"), None, None, False
     final_ln = "layer_norm." if kind == "text_encoder" else "decoder.layer_norm."
     if key.startswith(final_ln):
-        return ("layer_norm", _ln_param(key.rsplit(".", 1)[1])), None, False
+        return ("layer_norm", _ln_param(key.rsplit(".", 1)[1])), None, None, False
     match = _LAYER_KEY.match(key)
     if not match or match.group(1) != prefix:
         raise KeyError(key)
     _, layer, module, param = match.groups()
     module_path = tuple(module.split("."))
     if module_path[-1].endswith("layer_norm"):
-        return ("layers", *module_path, _ln_param(param)), int(layer), False
-    return ("layers", *module_path, "kernel" if param == "weight" else "bias"), int(layer), \
-        param == "weight"
+        return ("layers", *module_path, _ln_param(param)), int(layer), None, False
+    path, slot = qkv.fused_path(("layers", *module_path, "kernel" if param == "weight" else "bias"))
+    return path, int(layer), slot, param == "weight"
 
 
 def _ln_param(param: str) -> str:
@@ -174,11 +177,12 @@ def convert_state_dict(state_dict: dict, kind: str, *, num_heads: int = 16,
     _check_shapes(plan, cfg, kind, source)
     out_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
     params: dict = {}
-    for key, lazy, path, layer, transpose in plan:
-        shape = _target_shape(lazy, layer, transpose, cfg)
+    for key, lazy, path, layer, slot, transpose in plan:
+        shape = _target_shape(lazy, layer, slot, transpose, cfg)
         buffer = _leaf(params, path, shape, out_dtype)
         value = lazy.load()
-        buffer[() if layer is None else layer] = value.T if transpose else value
+        qkv.write_slot(buffer if layer is None else buffer[layer], slot,
+                       value.T if transpose else value)
         if path == ("embed", "embedding") and fairseq1:
             buffer[:4] = value[FAIRSEQ1_SPECIAL_ROWS]
         del value
@@ -188,8 +192,9 @@ def convert_state_dict(state_dict: dict, kind: str, *, num_heads: int = 16,
     return cfg, params
 
 
-def _target_shape(lazy, layer: int | None, transpose: bool, cfg: TextModelConfig) -> tuple:
-    shape = tuple(reversed(lazy.shape)) if transpose else tuple(lazy.shape)
+def _target_shape(lazy, layer: int | None, slot: int | None, transpose: bool,
+                  cfg: TextModelConfig) -> tuple:
+    shape = qkv.slot_shape(tuple(reversed(lazy.shape)) if transpose else tuple(lazy.shape), slot)
     return shape if layer is None else (cfg.num_layers, *shape)
 
 
@@ -205,8 +210,8 @@ def _check_shapes(plan: list, cfg: TextModelConfig, kind: str, source: str) -> N
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
     expected = {tuple(str(k) for k in path): tuple(leaf.shape) for path, leaf in
                 nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
-    for key, lazy, path, layer, transpose in plan:
-        shape = _target_shape(lazy, layer, transpose, cfg)
+    for key, lazy, path, layer, slot, transpose in plan:
+        shape = _target_shape(lazy, layer, slot, transpose, cfg)
         if expected.get(path) != shape:
             raise ConversionError(
                 f"{source}: {key} has shape {tuple(lazy.shape)}, which does not fit a {kind} "

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax.config import SpeechModelConfig, to_jnp_dtype
-from sonar_jax.models.layers import axes_metadata, layer_norm, linear
+from sonar_jax.models.attention import dot_product_attention
+from sonar_jax.models.layers import QKVProjection, axes_metadata, layer_norm, linear
 
 
 def relative_position_table(seq_len: int, dim: int) -> jax.Array:
@@ -57,13 +58,11 @@ class RelativePositionAttention(nnx.Module):
 
     def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
         self.num_heads = cfg.num_heads
+        self.implementation = cfg.attention
         dim = cfg.model_dim
-        qkv_gain = 1 / math.sqrt(2)  # fairseq2 initialises q/k/v with Xavier gain 2^-1/2
-        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain)
-        self.output_proj = linear(cfg, dim, dim, rngs)
-        self.r_proj = linear(cfg, dim, dim, rngs, use_bias=False)
+        self.qkv_proj = QKVProjection(cfg, rngs)
+        self.output_proj = linear(cfg, dim, dim, rngs, axes=("heads", "embed"))
+        self.r_proj = linear(cfg, dim, dim, rngs, use_bias=False, axes=("embed", "heads"))
         bias_init = jax.nn.initializers.glorot_normal()
         param_dtype = to_jnp_dtype(cfg.param_dtype)
         self.u_bias = nnx.Param(bias_init(rngs.params(), (cfg.num_heads, cfg.head_dim),
@@ -77,14 +76,14 @@ class RelativePositionAttention(nnx.Module):
     def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
         """x [B, S, D]; keys at and beyond seq_lens[b] are masked."""
         seq_len, dtype = x.shape[1], x.dtype
-        q, k, v = (self._heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (self._heads(p) for p in jnp.unstack(self.qkv_proj(x), axis=-2))
         r = self._heads(self.r_proj(relative_position_table(seq_len, x.shape[-1]).astype(dtype)))
         q_v = q + self.v_bias[...].astype(dtype)
         bd = jnp.einsum("bshd,rhd->bhsr", q_v, r, preferred_element_type=jnp.float32)
         bias = shift_relative_scores(bd) * (q.shape[-1] ** -0.5)
         q_u = q + self.u_bias[...].astype(dtype)
-        out = jax.nn.dot_product_attention(q_u, k, v, bias=bias.astype(dtype),
-                                           key_value_seq_lengths=seq_lens)
+        out = dot_product_attention(q_u, k, v, implementation=self.implementation, bias=bias,
+                                    key_lengths=seq_lens)
         return self.output_proj(out.reshape(*out.shape[:-2], -1))
 
 

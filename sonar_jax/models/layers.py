@@ -1,5 +1,5 @@
 """Building blocks shared by the text encoder and decoder: embeddings with sinusoidal positions,
-multi-head attention (with an optional fixed-size KV cache), the ReLU feed-forward block, LayerNorm,
+multi-head attention with fused q/k/v projections, the ReLU feed-forward block, LayerNorm,
 masked mean pooling, and the scanned layer stack.
 
 Names of submodules follow the fairseq2 state-dict names so the converter is a readable rename.
@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
+from sonar_jax.models.attention import dot_product_attention
 from sonar_jax.sharding import constrain
 
 REMAT_POLICIES: dict[str, Callable | None] = {
@@ -118,40 +119,81 @@ class TokenEmbedding(nnx.Module):
         return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
 
 
+class QKVProjection(nnx.Module):
+    """The query, key and value projections as one GEMM: kernel [D, 3, D], bias [3, D].
+
+    Index 0/1/2 of the middle axis is q/k/v; each slice is initialised like fairseq2's separate
+    projections (Xavier-uniform, gain 2^-1/2). The flattened heads dimension stays last, so
+    tensor parallelism splits every one of q, k and v by heads.
+    """
+
+    def __init__(self, cfg, rngs: nnx.Rngs):
+        dim = cfg.model_dim
+        self.dtype = to_jnp_dtype(cfg.dtype)
+        param_dtype = to_jnp_dtype(cfg.param_dtype)
+        init = jax.nn.initializers.variance_scaling(0.5, "fan_avg", "uniform", in_axis=0,
+                                                    out_axis=2, batch_axis=(1,))
+        self.kernel = nnx.Param(init(rngs.params(), (dim, 3, dim), param_dtype),
+                                **axes_metadata("embed", None, "heads"))
+        self.bias = nnx.Param(jnp.zeros((3, dim), param_dtype), **axes_metadata(None, "heads"))
+
+    def __call__(self, x: jax.Array, parts: slice = slice(0, 3)) -> jax.Array:
+        """x [..., D] -> [..., n, D] for the projections `parts` (default all three: q, k, v)."""
+        kernel = self.kernel[:, parts].astype(self.dtype)
+        out = jnp.einsum("...d,dnf->...nf", x.astype(self.dtype), kernel)
+        return out + self.bias[parts].astype(self.dtype)
+
+
 class MultiheadAttention(nnx.Module):
-    """Multi-head attention with biased q/k/v/output projections (scale 1/sqrt(head_dim))."""
+    """Multi-head attention with biased projections (scale 1/sqrt(head_dim)); q/k/v fused.
+
+    Self-attention projects q, k and v in one GEMM; cross-attention projects q from the queries
+    and k, v (one GEMM) from the memory it attends to. `cfg.attention` picks the kernel
+    (`sonar_jax.models.attention`).
+    """
 
     def __init__(self, cfg: TextModelConfig, rngs: nnx.Rngs):
         self.num_heads = cfg.num_heads
+        self.implementation = cfg.attention
         dim = cfg.model_dim
-        qkv_gain = 1 / math.sqrt(2)  # fairseq2 initialises q/k/v with Xavier gain 2^-1/2
         # Kernels are [in, out]; the flattened heads x head_dim dimension is named "heads".
-        self.q_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
-        self.k_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
-        self.v_proj = linear(cfg, dim, dim, rngs, gain=qkv_gain, axes=("embed", "heads"))
+        self.qkv_proj = QKVProjection(cfg, rngs)
         self.output_proj = linear(cfg, dim, dim, rngs, axes=("heads", "embed"))
 
-    def _heads(self, x: jax.Array) -> jax.Array:
+    def heads(self, x: jax.Array) -> jax.Array:
+        """[..., n, D] projections -> n arrays [..., H, Dh]."""
         x = x.reshape(*x.shape[:-1], self.num_heads, -1)
-        if x.ndim == 4:
-            x = constrain(x, ("batch", "length", "act_heads", "act_kv"))
-        return x
+        parts = [x[..., i, :, :] for i in range(x.shape[-3])]
+        if x.ndim == 5:
+            parts = [constrain(p, ("batch", "length", "act_heads", "act_kv")) for p in parts]
+        return parts
 
-    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Keys and values [B, S, H, Dh] of `x` (what a KV cache stores)."""
-        return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+    def project_qkv(self, x: jax.Array) -> list[jax.Array]:
+        """Queries, keys and values [B, T, H, Dh] of `x` (one GEMM)."""
+        return self.heads(self.qkv_proj(x))
+
+    def project_kv(self, memory: jax.Array) -> list[jax.Array]:
+        """Keys and values [B, S, H, Dh] of what cross-attention reads (one GEMM)."""
+        return self.heads(self.qkv_proj(memory, slice(1, 3)))
+
+    def project_v(self, memory: jax.Array) -> jax.Array:
+        return self.heads(self.qkv_proj(memory, slice(2, 3)))[0]
+
+    def merge_heads(self, out: jax.Array) -> jax.Array:
+        """Attention output [..., H, Dh] -> the output projection [..., D]."""
+        return self.output_proj(out.reshape(*out.shape[:-2], -1))
 
     def __call__(self, x: jax.Array, *, key_lengths: jax.Array | None = None,
-                 is_causal: bool = False, kv: tuple[jax.Array, jax.Array] | None = None,
-                 mask: jax.Array | None = None) -> jax.Array:
-        """Self-attention of x [B, T, D]. `kv` replaces x's own keys/values (cached decoding, with
-        a boolean `mask` [T, S] of visible cache slots); `key_lengths` [B] masks keys at and beyond
-        each sequence's length (right padding)."""
-        q = self._heads(self.q_proj(x))
-        k, v = kv if kv is not None else self.project_kv(x)
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, mask=mask,
-                                           key_value_seq_lengths=key_lengths)
-        return self.output_proj(out.reshape(*out.shape[:-2], -1))
+                 is_causal: bool = False, memory: jax.Array | None = None) -> jax.Array:
+        """Self-attention of x [B, T, D], or cross-attention to `memory` [B, S, D];
+        `key_lengths` [B] masks keys at and beyond each sequence's length (right padding)."""
+        if memory is None:
+            q, k, v = self.project_qkv(x)
+        else:
+            (q,), (k, v) = self.heads(self.qkv_proj(x, slice(0, 1))), self.project_kv(memory)
+        out = dot_product_attention(q, k, v, implementation=self.implementation,
+                                    key_lengths=key_lengths, is_causal=is_causal)
+        return self.merge_heads(out)
 
 
 class FeedForward(nnx.Module):

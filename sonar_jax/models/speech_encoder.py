@@ -66,9 +66,8 @@ class PoolerLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, frames: jax.Array, seq_lens: jax.Array) -> jax.Array:
         x = self.self_attn_layer_norm(x + self.self_attn(x))
-        cross = self.encoder_decoder_attn
         x = self.encoder_decoder_attn_layer_norm(
-            x + cross(x, kv=cross.project_kv(frames), key_lengths=seq_lens))
+            x + self.encoder_decoder_attn(x, memory=frames, key_lengths=seq_lens))
         return self.ffn_layer_norm(x + self.ffn(x))
 
 

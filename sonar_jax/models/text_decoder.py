@@ -3,8 +3,12 @@
 The reference feeds the embedding as a length-1 encoder output with no mask, so softmax over the
 single key is exactly 1 and each layer's cross-attention reduces to `output_proj(v_proj(e))`,
 whatever the query. We compute that once per sequence (`cross_attention_values`) instead of per
-position or per generation step. q_proj/k_proj and the cross-attention LayerNorm are kept so
-checkpoints round-trip, and are mathematically inert.
+position or per generation step. The q/k parts of the cross-attention projection and its
+LayerNorm are kept so checkpoints round-trip, and are mathematically inert.
+
+Generation runs `IncrementalDecoder.step`: the same layers, unrolled over a list of per-layer
+parameters (sliced from the stack once per call, not once per token) and a KV cache that each
+step writes at one position and never copies.
 """
 
 from __future__ import annotations
@@ -16,18 +20,31 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
+from sonar_jax.models.attention import cached_attention
 from sonar_jax.models.layers import (FeedForward, MultiheadAttention, TokenEmbedding, layer_norm,
                                      make_layer_stack, scan_layers)
 from sonar_jax.sharding import constrain
 
 
 class DecoderCache(NamedTuple):
-    """State of incremental decoding; arrays carry a leading layer axis."""
+    """State of incremental decoding for N inputs with G hypotheses each (G = beam, or 1).
 
-    keys: jax.Array  # [L, B, S, H, Dh]
-    values: jax.Array  # [L, B, S, H, Dh]
-    cross: jax.Array  # [L, B, D]: each layer's cross-attention output for this sequence
+    Rows are hypothesis-major within an input: row n·G + g. Beam search never reorders the
+    key/value buffers; it reorders `origin`, which names the slot of the group that wrote each
+    position of a hypothesis' history (`attention.cached_attention`).
+    """
+
+    keys: tuple[jax.Array, ...]  # per layer [N, H, G, S, Dh]
+    values: tuple[jax.Array, ...]  # per layer [N, H, G, S, Dh]
+    cross: tuple[jax.Array, ...]  # per layer [N·G, D]: the cross-attention output
+    origin: jax.Array  # [N, G, S] int32
     length: jax.Array  # [] int32: positions already filled
+
+    def reorder(self, parents: jax.Array) -> "DecoderCache":
+        """The cache after hypothesis g of input n continues from hypothesis parents[n, g]:
+        only the origin table moves, never the keys and values."""
+        origin = jnp.take_along_axis(self.origin, parents[..., None], axis=1)
+        return self._replace(origin=origin)
 
 
 class DecoderLayer(nnx.Module):
@@ -44,14 +61,50 @@ class DecoderLayer(nnx.Module):
     def cross_attention_values(self, embeddings: jax.Array) -> jax.Array:
         """[B, D] -> [B, D]: the cross-attention output, identical at every position."""
         attn = self.encoder_decoder_attn
-        return attn.output_proj(attn.v_proj(embeddings))
+        return attn.merge_heads(attn.project_v(embeddings))
 
-    def __call__(self, x: jax.Array, cross: jax.Array, *, kv=None, mask=None) -> jax.Array:
-        h = self.self_attn_layer_norm(x)
-        x = x + self.self_attn(h, is_causal=kv is None, kv=kv, mask=mask)
-        x = x + cross[:, None, :].astype(x.dtype)
+    def _rest(self, x: jax.Array, attended: jax.Array, cross: jax.Array) -> jax.Array:
+        x = x + attended + cross[:, None, :].astype(x.dtype)
         x = x + self.ffn(self.ffn_layer_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
+
+    def __call__(self, x: jax.Array, cross: jax.Array) -> jax.Array:
+        """Teacher forcing over the whole prefix x [B, T, D]."""
+        return self._rest(x, self.self_attn(self.self_attn_layer_norm(x), is_causal=True), cross)
+
+    def decode(self, x: jax.Array, cross: jax.Array, keys: jax.Array, values: jax.Array,
+               origin: jax.Array, start: jax.Array, history: bool = True):
+        """T new positions x [N·G, T, D] at start..: writes their keys/values into the cache
+        buffers [N, H, G, S, Dh] (one dynamic_update_slice each, in place, after attending over
+        the history they hold; `history` False: the buffers are empty). Returns
+        (x, keys, values)."""
+        attn = self.self_attn
+        num, _, group = keys.shape[:3]
+        q, k, v = (t.reshape(num, group, *t.shape[1:])  # [N, G, T, H, Dh]
+                   for t in attn.project_qkv(self.self_attn_layer_norm(x)))
+
+        out = cached_attention(q, k, v, keys if history else None, values if history else None,
+                               origin, start)
+
+        def write(cache, new):  # new [N, G, T, H, Dh] -> cache[:, :, :, start:start+T]
+            new = jnp.transpose(_after(new, out), (0, 3, 1, 2, 4)).astype(cache.dtype)
+            return jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=3)
+
+        keys, values = write(keys, k), write(values, v)
+        attended = attn.merge_heads(out.reshape(num * group, *out.shape[2:]))
+        return self._rest(x, attended, cross), keys, values
+
+
+def _after(x: jax.Array, read: jax.Array) -> jax.Array:
+    """x, made to depend on `read` (by adding a zero computed from it).
+
+    A cache write whose value does not depend on the attention that reads the same buffer may
+    run before that read, so XLA copies the whole buffer to keep the read intact (seen on
+    XLA:CPU, two copies of every layer's cache per step). Depending on the read orders the write
+    after it, and the write then happens in place. nan_to_num keeps the zero a zero.
+    """
+    zero = jnp.nan_to_num(read.reshape(-1)[0]).astype(x.dtype) * 0
+    return x + zero
 
 
 class TextDecoder(nnx.Module):
@@ -92,37 +145,70 @@ class TextDecoder(nnx.Module):
     def __call__(self, embeddings: jax.Array, tokens: jax.Array) -> jax.Array:
         return self.project(self.hidden_states(embeddings, tokens))
 
-    def init_cache(self, embeddings: jax.Array, max_len: int) -> DecoderCache:
-        """An empty fixed-size KV cache of `max_len` positions for incremental decoding."""
-        if max_len > self.cfg.max_seq_len:
-            raise ValueError(f"max_len {max_len} exceeds the decoder's {self.cfg.max_seq_len} "
-                             "positions")
+    def incremental(self) -> "IncrementalDecoder":
+        """The decoder for generation, its layers unstacked (one slice of the weights per call)."""
+        graphdef, state = nnx.split(self.layers)
+        layers = [nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
+                  for i in range(self.cfg.num_layers)]
+        return IncrementalDecoder(self.cfg, self.embed, layers, self.layer_norm)
+
+
+class IncrementalDecoder(nnx.Module):
+    """`TextDecoder` fed a few tokens at a time against a fixed-size KV cache.
+
+    The layers are a list, so a generation loop's body reads each layer's weights and cache
+    directly: no per-token slicing of stacked weights, no re-stacking of the cache.
+    """
+
+    def __init__(self, cfg: TextModelConfig, embed: TokenEmbedding, layers: list[DecoderLayer],
+                 final_layer_norm: nnx.LayerNorm):
+        self.cfg = cfg
+        self.embed = embed
+        self.layers = nnx.List(layers)
+        self.layer_norm = final_layer_norm
+
+    def prefill(self, embeddings: jax.Array, tokens: jax.Array, capacity: int, group: int = 1
+                ) -> tuple[jax.Array, DecoderCache]:
+        """Starts decoding: the prompt tokens [N·G, T] of `group` hypotheses per embedding row
+        (embeddings [N·G, D], each row repeated G times) into a new cache of `capacity`
+        positions. Returns the prompt's logits [N·G, T, V] and the cache."""
         cfg = self.cfg
-        shape = (cfg.num_layers, embeddings.shape[0], max_len, cfg.num_heads, cfg.head_dim)
-        zeros = jnp.zeros(shape, to_jnp_dtype(cfg.dtype))
-        return DecoderCache(zeros, zeros, self.cross_attention_values(embeddings),
-                            jnp.zeros((), jnp.int32))
+        if capacity > cfg.max_seq_len:
+            raise ValueError(f"capacity {capacity} exceeds the decoder's {cfg.max_seq_len} "
+                             "positions")
+        rows = embeddings.shape[0]
+        if rows % group:
+            raise ValueError(f"{rows} embedding rows are not a multiple of the group size {group}")
+        num = rows // group
+        shape = (num, cfg.num_heads, group, capacity, cfg.head_dim)
+        dtype = to_jnp_dtype(cfg.dtype)
+        e = embeddings.astype(dtype)
+        empty = tuple(jnp.zeros(shape, dtype) for _ in self.layers)
+        cross = tuple(layer.cross_attention_values(e) for layer in self.layers)
+        origin = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32)[None, :, None],
+                                  (num, group, capacity))
+        cache = DecoderCache(empty, empty, cross, origin, jnp.zeros((), jnp.int32))
+        return self._run(tokens, cache, history=False)
 
     def step(self, tokens: jax.Array, cache: DecoderCache) -> tuple[jax.Array, DecoderCache]:
-        """Feeds tokens [B, T] at positions cache.length.. and returns logits [B, T, V] and the
-        updated cache. T may be the whole prompt (prefill) or 1 (one generation step)."""
-        start = cache.length
-        num_new = tokens.shape[1]
-        max_len = cache.keys.shape[2]
-        query_pos = start + jnp.arange(num_new)
-        visible = jnp.arange(max_len)[None, :] <= query_pos[:, None]  # [T, S]
+        """Feeds tokens [N·G, T] (usually T = 1) at positions cache.length.. and returns logits
+        [N·G, T, V] and the updated cache."""
+        return self._run(tokens, cache, history=True)
+
+    def _run(self, tokens: jax.Array, cache: DecoderCache, history: bool
+             ) -> tuple[jax.Array, DecoderCache]:
+        start, num_new = cache.length, tokens.shape[1]
+        num, group = cache.origin.shape[:2]
+        # The new positions are each hypothesis' own.
+        own = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32)[None, :, None],
+                               (num, group, num_new))
+        origin = jax.lax.dynamic_update_slice_in_dim(cache.origin, own, start, axis=2)
         x = self.embed(tokens, start)
-
-        def body(layer: DecoderLayer, h, per_layer):
-            keys, values, cross = per_layer
-            new_k, new_v = layer.self_attn.project_kv(layer.self_attn_layer_norm(h))
-            keys = jax.lax.dynamic_update_slice_in_dim(keys, new_k.astype(keys.dtype), start, 1)
-            values = jax.lax.dynamic_update_slice_in_dim(values, new_v.astype(values.dtype),
-                                                         start, 1)
-            h = layer(h, cross, kv=(keys, values), mask=visible)
-            return h, (keys, values)
-
-        x, (keys, values) = scan_layers(self.layers, x, self.cfg, body,
-                                        xs=(cache.keys, cache.values, cache.cross))
-        logits = self.project(self.layer_norm(x))
-        return logits, DecoderCache(keys, values, cache.cross, start + num_new)
+        keys, values = [], []
+        for layer, k, v, cross in zip(self.layers, cache.keys, cache.values, cache.cross):
+            x, k, v = layer.decode(x, cross, k, v, origin, start, history)
+            keys.append(k)
+            values.append(v)
+        logits = self.embed.attend(self.layer_norm(x))
+        return logits, DecoderCache(tuple(keys), tuple(values), cache.cross, origin,
+                                    start + num_new)
