@@ -77,3 +77,16 @@ def reachable(computations: dict[str, list[Instruction]], root: str) -> list[str
             stack.extend(instruction.called())
     return seen
 
+
+
+def dots(text: str) -> list[tuple[Instruction, list[str]]]:
+    """Every matrix product (dot, or convolution as TPUs write them) with its operands' shapes."""
+    computations, _ = parse(text)
+    out = []
+    for instructions in computations.values():
+        shapes = {i.name: i.shape for i in instructions}
+        for i in instructions:
+            if i.opcode in ("dot", "convolution"):
+                operands = re.findall(r"%([\w.\-]+)", i.operands)
+                out.append((i, [shapes.get(name, "") for name in operands]))
+    return out

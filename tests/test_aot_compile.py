@@ -8,7 +8,10 @@ import pathlib
 import jax
 import pytest
 
+import hlo
 from configs.train_text import get_config
+from sonar_jax import sharding
+from sonar_jax.train.text_step import TextTrainer
 
 _SPEC = importlib.util.spec_from_file_location(
     "aot_compile", pathlib.Path(__file__).resolve().parents[1] / "launch" / "aot_compile.py")
@@ -132,3 +135,24 @@ def test_multislice_mesh(monkeypatch):
     mesh = record["compile"]["mesh"]
     # Each 'data' index holds one whole slice: the fsdp collectives stay inside a slice.
     assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
+
+
+@needs_libtpu
+def test_products_over_the_vocabulary_run_in_bfloat16():
+    """With bf16 compute, every matrix product over the 3,206-way vocabulary of the tiny train
+    step (the tied logits, and the cross-entropy's gradients into the hidden states and into the
+    table) has bf16 operands in the optimized program. (Compiled for a TPU: XLA:CPU upcasts every
+    bf16 product to float32, so its HLO cannot show this.)"""
+    cfg = get_config("tiny")
+    cfg.model.dtype = "bfloat16"
+    cfg.mesh.update(dict(data=1, fsdp=-1, tensor=1))
+    devices = aot_compile.topology_devices("v5e:2x2")
+    trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh, devices))
+    shapes = {k: (8, 32) for k in ("source", "target", "noised_target")}
+    text = trainer.lower_train_step(shapes).compile().as_text()
+    vocab = str(trainer.dec_cfg.vocab_size)
+    over_vocab = [(i, operands) for i, operands in hlo.dots(text)
+                  if any(vocab in shape for shape in [i.shape, *operands])]
+    assert len(over_vocab) >= 3  # forward logits, d_hidden, d_table
+    for instruction, operands in over_vocab:
+        assert all(shape.startswith("bf16") for shape in operands), (instruction.shape, operands)

@@ -60,6 +60,33 @@ def test_chunked_ce_equals_plain_ce(ce_inputs, eps, chunk_size):
     np.testing.assert_array_equal(grads[0][2], 0.0)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_bfloat16_ce_and_gradients_within_bfloat16_tolerance(eps):
+    """In bf16 the hand-written gradient rounds the logits' cotangent to bf16 before its two
+    products: the loss stays within 1e-5 (relative) of float32 autodiff on the same bf16 inputs,
+    every gradient within 1% of its largest entry (measured: 0.4-0.6%), in bf16."""
+    rng = np.random.default_rng(1)
+    batch, length, dim, vocab = 4, 24, 64, 3000
+    hidden = jnp.asarray(rng.normal(size=(batch, length, dim)), jnp.bfloat16)
+    table = jnp.asarray(rng.normal(size=(vocab, dim)) * 0.3, jnp.bfloat16)
+    labels = jnp.asarray(rng.integers(0, vocab, (batch, length)), jnp.int32)
+    weights = jnp.asarray(rng.random((batch, length)) > 0.2, jnp.float32)
+
+    def ours(h, t):
+        return losses.chunked_cross_entropy(h, t, labels, weights, label_smoothing=eps,
+                                            chunk_size=32).loss
+
+    def in_float32(h, t):
+        return _reference_ce(h.astype(jnp.float32), t.astype(jnp.float32), labels, weights, eps)[0]
+
+    loss, grads = jax.value_and_grad(ours, argnums=(0, 1))(hidden, table)
+    ref, ref_grads = jax.value_and_grad(in_float32, argnums=(0, 1))(hidden, table)
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == jnp.bfloat16
+        assert float(jnp.abs(g.astype(jnp.float32) - r).max()) <= 0.01 * float(jnp.abs(r).max())
+
+
 def test_nll_is_unsmoothed_ce_and_per_row_sums(ce_inputs):
     hidden, table, labels, weights = ce_inputs
     sums = losses.chunked_cross_entropy(hidden, table, labels, weights, label_smoothing=0.1,

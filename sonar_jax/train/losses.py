@@ -1,4 +1,5 @@
-"""Loss building blocks: label-smoothed cross-entropy (plain and chunked over tokens) and MSE.
+"""Loss building blocks: label-smoothed cross-entropy over the tied vocabulary projection (chunked
+over tokens, with a hand-written gradient) and MSE.
 
 Every function returns *sums* and *counts*, never means, so a step can normalise by the total number
 of target tokens (or rows) of the whole batch, across gradient-accumulation microbatches.
@@ -9,7 +10,8 @@ eps / V on every class, so the per-token loss is (1 - eps) * nll + eps * (logsum
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,36 +35,22 @@ def tied_logits(hidden: jax.Array, table: jax.Array) -> jax.Array:
                       preferred_element_type=jnp.float32)
 
 
-def cross_entropy_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                       label_smoothing: float = 0.0, *, per_row: bool = False) -> CESums:
-    """CE of logits [..., V] against integer labels [...], weighted by `weights` [...].
-
-    per_row: sum over the last label axis only (sums of shape labels.shape[:-1])."""
-    logits = logits.astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    nll = logz - label_logit
-    loss = nll
-    if label_smoothing:
-        smooth = logz - jnp.mean(logits, axis=-1)
-        loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    axis = -1 if per_row else None
-    return CESums(jnp.sum(loss * weights, axis), jnp.sum(nll * weights, axis),
-                  jnp.sum(correct * weights, axis), jnp.sum(weights, axis))
-
-
 def chunked_cross_entropy(hidden: jax.Array, table: jax.Array, labels: jax.Array,
                           weights: jax.Array, *, label_smoothing: float = 0.0,
-                          chunk_size: int = 8192, per_row: bool = False,
-                          logits_fn: Callable[[jax.Array, jax.Array], jax.Array] = tied_logits
-                          ) -> CESums:
-    """`cross_entropy_sums(logits_fn(hidden, table), ...)` without materialising all the logits.
+                          chunk_size: int = 8192, per_row: bool = False) -> CESums:
+    """Label-smoothed CE sums of the tied logits `hidden · tableᵀ` against `labels`, weighted by
+    `weights`, without materialising all the logits.
 
     hidden [B, T, D], labels/weights [B, T], table [V, D]. The tokens are processed `chunk_size`
-    at a time by a lax.scan whose body is rematerialised (jax.checkpoint): forward and backward
-    hold one chunk of float32 logits [chunk, V] at a time, and only the hidden states are saved.
+    at a time: forward and backward hold one chunk of float32 logits [chunk, V] at a time, and
+    only the hidden states (and a float32 log-partition per token) are kept between them.
+
+    The gradient is written out by hand (`_tied_ce`): the logits' cotangent is formed in float32
+    from the softmax statistics, then cast to the compute dtype, so both backward matrix
+    products over the vocabulary (into the hidden states and into the table) run in that dtype
+    with float32 accumulation, as the forward one does. (Autodiff of the forward would multiply
+    a float32 cotangent by the table, a float32 GEMM over the whole vocabulary.) The table's
+    gradient is accumulated over chunks in float32 and rounded to the table's dtype once.
 
     A chunk is a slab of every row over `chunk_size // B` consecutive positions (at least one),
     not a contiguous run of the flattened [B*T] tokens: the batch dimension is the one sharded
@@ -71,11 +59,10 @@ def chunked_cross_entropy(hidden: jax.Array, table: jax.Array, labels: jax.Array
     """
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be [B, T, D], got shape {hidden.shape}")
-    batch, length, dim = hidden.shape
-    if chunk_size <= 0 or chunk_size >= batch * length:
-        sums = _ce_chunk(hidden, table, labels, weights, label_smoothing, logits_fn)
-        return sums if per_row else CESums(*(jnp.sum(x) for x in sums))
-    step = max(1, min(length, chunk_size // batch))
+    batch, length, _ = hidden.shape
+    step = length
+    if 0 < chunk_size < batch * length:
+        step = max(1, min(length, chunk_size // batch))
     num_chunks = -(-length // step)
     pad = num_chunks * step - length
     if pad:
@@ -86,23 +73,78 @@ def chunked_cross_entropy(hidden: jax.Array, table: jax.Array, labels: jax.Array
     def chunks(x):  # [B, n*step, ...] -> [n, B, step, ...]
         return jnp.moveaxis(x.reshape(batch, num_chunks, step, *x.shape[2:]), 1, 0)
 
-    @jax.checkpoint
-    def body_sums(table, h, y, w):
-        return _ce_chunk(h, table, y, w, label_smoothing, logits_fn)
-
-    def body(acc, xs):
-        return acc + body_sums(table, *xs), None
-
-    zero = jnp.zeros((batch,), jnp.float32)
-    total, _ = jax.lax.scan(body, CESums(zero, zero, zero, zero),
-                            (chunks(hidden), chunks(labels), chunks(weights)))
+    total = _tied_ce(chunks(hidden), table, chunks(labels).astype(jnp.int32),
+                     chunks(weights).astype(jnp.float32), float(label_smoothing))
     return total if per_row else CESums(*(jnp.sum(x) for x in total))
 
 
-def _ce_chunk(hidden, table, labels, weights, label_smoothing, logits_fn) -> CESums:
-    logits = logits_fn(hidden, table)
-    logits = constrain(logits, ("batch", "length", "act_vocab"))
-    return cross_entropy_sums(logits, labels, weights, label_smoothing, per_row=True)
+def _chunk_logits(hidden: jax.Array, table: jax.Array) -> jax.Array:
+    return constrain(tied_logits(hidden, table), ("batch", "length", "act_vocab"))
+
+
+def _token_terms(logits: jax.Array, labels: jax.Array, label_smoothing: float):
+    """(per-token loss, nll, correct, log-partition) of float32 logits [B, c, V]."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    nll = logz - label_logit
+    loss = nll
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * nll + label_smoothing * (logz - jnp.mean(logits, -1))
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return loss, nll, correct, logz
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _tied_ce(hidden, table, labels, weights, label_smoothing) -> CESums:
+    """Per-row CE sums over chunks hidden [n, B, c, D], labels/weights [n, B, c]."""
+    return _tied_ce_fwd(hidden, table, labels, weights, label_smoothing)[0]
+
+
+def _tied_ce_fwd(hidden, table, labels, weights, label_smoothing):
+    def body(acc, xs):
+        h, y, w = xs
+        loss, nll, correct, logz = _token_terms(_chunk_logits(h, table), y, label_smoothing)
+        sums = CESums(*(jnp.sum(t * w, axis=-1) for t in (loss, nll, correct)), jnp.sum(w, -1))
+        return acc + sums, (loss, nll, correct, logz)
+
+    zero = jnp.zeros(hidden.shape[1], jnp.float32)
+    total, per_token = jax.lax.scan(body, CESums(zero, zero, zero, zero),
+                                    (hidden, labels, weights))
+    return total, (hidden, table, labels, weights, per_token)
+
+
+def _tied_ce_bwd(label_smoothing, residuals, grads: CESums):
+    hidden, table, labels, weights, (loss, nll, correct, logz) = residuals
+    vocab = table.shape[0]
+    g_loss, g_nll = grads.loss[:, None], grads.nll[:, None]  # [B, 1]: per row, any position
+    # d/dlogits of the weighted sums, per token: (g_loss + g_nll)·softmax − (g_loss(1 − eps) +
+    # g_nll)·onehot(label) − g_loss·eps/V, times the token's weight.
+    on_softmax = g_loss + g_nll
+    on_label = g_loss * (1.0 - label_smoothing) + g_nll
+    uniform = g_loss * (label_smoothing / vocab)
+
+    def body(d_table, xs):
+        h, y, w, z = xs
+        logits = _chunk_logits(h, table)
+        d = jnp.exp(logits - z[..., None]) * (on_softmax * w)[..., None]
+        d = d - jnp.where(jnp.arange(vocab) == y[..., None], (on_label * w)[..., None], 0.0)
+        if label_smoothing:
+            d = d - (uniform * w)[..., None]
+        d = constrain(d.astype(h.dtype), ("batch", "length", "act_vocab"))
+        d_hidden = jnp.einsum("bcv,vd->bcd", d, table.astype(h.dtype),
+                              preferred_element_type=jnp.float32).astype(h.dtype)
+        d_table = d_table + jnp.einsum("bcv,bcd->vd", d, h, preferred_element_type=jnp.float32)
+        return d_table, d_hidden
+
+    d_table = jnp.zeros(table.shape, jnp.float32)
+    d_table, d_hidden = jax.lax.scan(body, d_table, (hidden, labels, weights, logz))
+    # The sums are linear in the weights.
+    d_weights = sum(g[:, None] * t for g, t in zip(grads, (loss, nll, correct)))
+    d_weights = d_weights + grads.weight[:, None]
+    return d_hidden, d_table.astype(table.dtype), None, d_weights.astype(weights.dtype)
+
+
+_tied_ce.defvjp(_tied_ce_fwd, _tied_ce_bwd)
 
 
 def mse_sums(a: jax.Array, b: jax.Array, row_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
