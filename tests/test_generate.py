@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import hlo
 from beam_reference import beam_search_one
 from sonar_jax.config import text_model_config
-from sonar_jax.generate import GenerationConfig, TopPSampler, _truncate, generate
+from sonar_jax.generate import (GenerationConfig, TopPSampler, _generate_jit, _truncate, generate,
+                                top_k)
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.tokenizer import EOS
 
@@ -61,3 +63,53 @@ def test_config_rejects_bad_values():
         GenerationConfig(capacity=2)
     with pytest.raises(ValueError, match="temperature"):
         GenerationConfig(temperature=0)
+
+
+# Instructions that move no data: tuple plumbing, views and constants.
+_PLUMBING = {"get-tuple-element", "bitcast", "constant", "parameter", "tuple"}
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_generation_loop_writes_the_cache_in_place(beam):
+    """The compiled generation loop's body never copies, gathers or re-stacks a KV cache buffer:
+    each layer's key and value buffers are only updated in place (one dynamic-update-slice on
+    the loop's own buffer), the layers' weights enter the loop unstacked, and the body holds at
+    most 40 kernels per layer plus 110 for the search (measured: 33 per layer, 61 / 97 fixed)."""
+    num, capacity, layers = 3, 24, 2
+    cfg = text_model_config("text_tiny", "decoder").replace(num_layers=layers)
+    graphdef, state = nnx.split(TextDecoder(cfg, rngs=nnx.Rngs(0)))
+    config = GenerationConfig(capacity=capacity, beam_size=beam)
+    text = _generate_jit.lower(graphdef, state, jnp.zeros((num, cfg.model_dim)),
+                               jnp.full((num,), 5, jnp.int32), jnp.int32(capacity),
+                               jax.random.key(0), config).compile().as_text()
+    computations, _ = hlo.parse(text)
+    (body,) = hlo.while_bodies(text)
+    instructions = computations[body]
+    cache = (num, cfg.num_heads, beam, capacity, cfg.head_dim)
+    loop_state = next(i for i in instructions if i.opcode == "parameter")
+    assert sum(dims == cache for _, dims in loop_state.arrays()) == 2 * layers
+    assert not any(dims[:1] == (layers,) and len(dims) > 2 for _, dims in loop_state.arrays())
+
+    on_cache = [i for i in instructions if i.opcode not in _PLUMBING
+                and any(dims == cache for _, dims in i.arrays())]
+    read_from_state = {i.name for i in instructions if i.opcode == "get-tuple-element"}
+    for instruction in on_cache:
+        assert instruction.opcode == "fusion" and "dynamic-update-slice" in instruction.name, \
+            f"{instruction.opcode} {instruction.name} writes a whole cache buffer"
+        first_operand = instruction.operands.split(",")[0].strip().lstrip("%")
+        assert first_operand in read_from_state, f"{instruction.name} does not update in place"
+    assert len(on_cache) == 2 * layers
+
+    kernels = [i for i in instructions if i.opcode not in _PLUMBING]
+    assert len(kernels) <= 40 * layers + 110
+
+
+def test_cpu_top_k_equals_lax_top_k_with_ties_and_infinities():
+    x = jnp.array([[1.0, 3.0, 3.0, -jnp.inf, 2.0, -jnp.inf, 3.0],
+                   [-jnp.inf] * 6 + [0.5],
+                   [0.0] * 7])
+    for k in (1, 3, 5, 7):
+        values, indices = top_k(x, k)
+        ref_values, ref_indices = jax.lax.top_k(x, k)
+        np.testing.assert_array_equal(values, ref_values)
+        np.testing.assert_array_equal(indices, ref_indices)
