@@ -27,6 +27,7 @@ from flax import nnx
 from sonar_jax import batching
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
 from sonar_jax.model_dir import load_model, load_tokenizer
+from sonar_jax.models.layers import unstacked
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import EOS, NllbTokenizer
@@ -38,9 +39,11 @@ DEFAULT_MAX_GEN_LEN = (1.0, 128)
 
 
 def _model(model, kind: str, dtype: str | None):
+    """The model for inference: loaded if a directory, with its layer stacks unrolled into lists
+    (`layers.unstacked`: the compiled programs then read every layer's weights in place)."""
     if isinstance(model, (str, pathlib.Path)):
-        return load_model(model, expected_kind=kind, dtype=dtype)
-    return model
+        model = load_model(model, expected_kind=kind, dtype=dtype)
+    return unstacked(model)
 
 
 def _tokenizer(tokenizer, model) -> NllbTokenizer:

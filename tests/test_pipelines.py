@@ -148,3 +148,37 @@ def test_cli_encode_decode_translate_on_files(model_dirs, t2e, tmp_path, capsys)
                      "--input", str(src), "--output", str(out2), "--max-seq-len", "8",
                      "--quiet"]) == 0
     assert len(out2.read_text(encoding="utf-8").splitlines()) == 3
+
+
+# Instructions that move no data: tuple plumbing, views and constants.
+_PLUMBING = {"get-tuple-element", "bitcast", "constant", "parameter", "tuple"}
+
+
+def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(t2e):
+    """The pipeline's compiled encoder (layers unrolled from the stack at load): one q/k/v
+    product per layer (none of q, k, v alone), and no instruction that copies, slices or
+    re-stacks a layer's weights (so no weight has a leading layers axis inside the program)."""
+    import jax.numpy as jnp
+
+    import hlo
+
+    cfg = t2e.model.cfg
+    rows, length = 4, 8  # rows·length differs from every weight dimension
+    text = pipelines._encode.lower(t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
+                                   jnp.full((rows,), length, jnp.int32)).compile().as_text()
+    assert hlo.while_bodies(text) == []
+    dim, ffn = cfg.model_dim, cfg.ffn_dim
+    products = [i for i, _ in hlo.dots(text)]
+    widths = [i.arrays()[0][1][-1] for i in products]
+    assert widths.count(3 * dim) == cfg.num_layers  # fused q/k/v
+    assert widths.count(ffn) == cfg.num_layers  # FFN in
+    assert widths.count(dim) == 2 * cfg.num_layers  # attention out and FFN out, nothing more
+
+    computations, entry = hlo.parse(text)
+    weights = {(dim, 3, dim), (dim, 3 * dim), (dim, dim), (dim, ffn), (ffn, dim)}
+    for instruction in computations[entry]:
+        shapes = {dims for _, dims in instruction.arrays() if dims}
+        if instruction.opcode == "parameter":
+            assert not any(dims[0] == cfg.num_layers and dims[1:] in weights for dims in shapes)
+        elif instruction.opcode not in _PLUMBING:
+            assert not shapes & weights, f"{instruction.name} {instruction.shape} copies a weight"

@@ -237,10 +237,13 @@ def make_layer_stack(layer_cls: type, cfg: TextModelConfig, rngs: nnx.Rngs):
 
 
 def scan_layers(layers: nnx.Module, carry, cfg: TextModelConfig, body: Callable, xs=None):
-    """Runs `carry, y = body(layer, carry, x)` over the stacked layers in order.
+    """Runs `carry, y = body(layer, carry, x)` over the layers in order.
 
-    `xs` (a pytree with a leading layer axis, e.g. a KV cache) is sliced per layer and the `y`s are
-    stacked back; the configured remat policy wraps each layer.
+    `layers` is a stacked module (from `make_layer_stack`: an `nnx.scan`, as training wants) or an
+    `nnx.List` of layers (from `unstacked`: a Python loop, whose body reads each layer's weights
+    where they are, with no per-layer slice of a stack). `xs` (a pytree with a leading layer
+    axis, e.g. per-layer cross-attention values) is sliced per layer and the `y`s are stacked
+    back; the configured remat policy wraps each layer.
     """
     if cfg.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; "
@@ -249,6 +252,13 @@ def scan_layers(layers: nnx.Module, carry, cfg: TextModelConfig, body: Callable,
     if cfg.remat_policy != "none":
         step = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
 
+    if isinstance(layers, nnx.List):
+        ys = []
+        for index, layer in enumerate(layers):
+            carry, y = step(layer, carry, jax.tree.map(lambda a: a[index], xs))
+            ys.append(y)
+        return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
     # No transform_metadata: the axis names are only read outside (sharding.py), and a stack
     # built without the "layers" name (e.g. by another module's own nnx.vmap) still scans.
     @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
@@ -256,3 +266,28 @@ def scan_layers(layers: nnx.Module, carry, cfg: TextModelConfig, body: Callable,
         return step(layer, carry, x)
 
     return run(layers, carry, xs)
+
+
+def unstack_layers(stack: nnx.Module) -> nnx.List:
+    """The layers of a stacked module as a list of modules, each holding its slice of the arrays."""
+    if isinstance(stack, nnx.List):
+        return stack
+    graphdef, state = nnx.split(stack)
+    count = jax.tree.leaves(state)[0].shape[0]
+    return nnx.List([nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
+                     for i in range(count)])
+
+
+def unstacked(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` with every layer stack (an attribute `layers`) turned into a list.
+
+    For inference: a scan over stacked weights slices each layer's weights out of the stack on
+    every call (one copy of all the weights per call on GPUs); the unrolled list reads them in
+    place. Done once, outside jit, it costs one copy of the layer weights; `model` is unchanged
+    (training keeps the stacks, which scan and rematerialise).
+    """
+    model = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
+    for _, module in list(nnx.iter_modules(model)):
+        if isinstance(getattr(module, "layers", None), nnx.Module):
+            module.layers = unstack_layers(module.layers)
+    return model

@@ -22,7 +22,7 @@ from flax import nnx
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
 from sonar_jax.models.attention import cached_attention
 from sonar_jax.models.layers import (FeedForward, MultiheadAttention, TokenEmbedding, layer_norm,
-                                     make_layer_stack, scan_layers)
+                                     make_layer_stack, scan_layers, unstack_layers)
 from sonar_jax.sharding import constrain
 
 
@@ -45,6 +45,14 @@ class DecoderCache(NamedTuple):
         only the origin table moves, never the keys and values."""
         origin = jnp.take_along_axis(self.origin, parents[..., None], axis=1)
         return self._replace(origin=origin)
+
+    def grow(self, capacity: int) -> "DecoderCache":
+        """The same cache with room for `capacity` positions (the new ones empty)."""
+        extra = capacity - self.origin.shape[2]
+        pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])  # noqa: E731
+        return self._replace(keys=tuple(pad(k, 3) for k in self.keys),
+                             values=tuple(pad(v, 3) for v in self.values),
+                             origin=pad(self.origin, 2))
 
 
 class DecoderLayer(nnx.Module):
@@ -146,11 +154,10 @@ class TextDecoder(nnx.Module):
         return self.project(self.hidden_states(embeddings, tokens))
 
     def incremental(self) -> "IncrementalDecoder":
-        """The decoder for generation, its layers unstacked (one slice of the weights per call)."""
-        graphdef, state = nnx.split(self.layers)
-        layers = [nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
-                  for i in range(self.cfg.num_layers)]
-        return IncrementalDecoder(self.cfg, self.embed, layers, self.layer_norm)
+        """The decoder for generation, its layers as a list: sliced from the stack once per call
+        if stacked (inside jit), or taken as they are if already unstacked (`layers.unstacked`)."""
+        return IncrementalDecoder(self.cfg, self.embed, unstack_layers(self.layers),
+                                  self.layer_norm)
 
 
 class IncrementalDecoder(nnx.Module):
@@ -160,11 +167,11 @@ class IncrementalDecoder(nnx.Module):
     directly: no per-token slicing of stacked weights, no re-stacking of the cache.
     """
 
-    def __init__(self, cfg: TextModelConfig, embed: TokenEmbedding, layers: list[DecoderLayer],
+    def __init__(self, cfg: TextModelConfig, embed: TokenEmbedding, layers: nnx.List,
                  final_layer_norm: nnx.LayerNorm):
         self.cfg = cfg
         self.embed = embed
-        self.layers = nnx.List(layers)
+        self.layers = layers
         self.layer_norm = final_layer_norm
 
     def prefill(self, embeddings: jax.Array, tokens: jax.Array, capacity: int, group: int = 1
