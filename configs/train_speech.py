@@ -18,7 +18,7 @@ import ml_collections
 import pathlib
 
 from sonar_jax.config import load_config_file
-from sonar_jax.data.speech import speech_data_config
+from sonar_jax.data.config import speech_data_config
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data/sample/speech"
 

@@ -11,7 +11,7 @@ import pathlib
 
 import ml_collections
 
-from sonar_jax.data.pipeline import text_data_config
+from sonar_jax.data.config import text_data_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def get_config(variant: str = "basic") -> ml_collections.ConfigDict:
     # Converted model directories (`sonar-jax convert`) to start from; '' = random init.
     cfg.init_from = ml_collections.ConfigDict(dict(encoder="", decoder=""))
 
-    # Training and dev data (fields: sonar_jax/data/pipeline.py text_data_config). The small
+    # Training and dev data (fields: sonar_jax/data/config.py text_data_config). The small
     # variants train on the committed sample of real LibreOffice translations, X <-> English.
     # A batch holds batch_max_tokens = rows x padded length per array, per host.
     cfg.data = text_data_config()

@@ -1,10 +1,29 @@
-"""Training data: parallel-text sources, denoising noise, bucketed batches, grain pipelines."""
+"""Training data: parallel-text sources, denoising noise, bucketed batches, grain pipelines.
 
-from sonar_jax.data.noise import DenoisingNoise, keyed_rng, word_start_table
-from sonar_jax.data.pipeline import (make_text_eval_iterator, make_text_train_iterator,
-                                     state_from_json, state_to_json, text_data_config)
-from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
+Names are imported on first use, so importing a light submodule (`sonar_jax.data.config`, the
+section defaults that configs use) does not import grain.
+"""
 
-__all__ = ["DenoisingNoise", "FloresSource", "TfdsSource", "TsvSource", "keyed_rng",
-           "make_text_eval_iterator", "make_text_train_iterator", "state_from_json",
-           "state_to_json", "text_data_config", "word_start_table"]
+_EXPORTS = {
+    "DenoisingNoise": "sonar_jax.data.noise",
+    "keyed_rng": "sonar_jax.data.noise",
+    "word_start_table": "sonar_jax.data.noise",
+    "FloresSource": "sonar_jax.data.text",
+    "TfdsSource": "sonar_jax.data.text",
+    "TsvSource": "sonar_jax.data.text",
+    "make_text_eval_iterator": "sonar_jax.data.pipeline",
+    "make_text_train_iterator": "sonar_jax.data.pipeline",
+    "state_from_json": "sonar_jax.data.pipeline",
+    "state_to_json": "sonar_jax.data.pipeline",
+    "text_data_config": "sonar_jax.data.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sonar_jax.data' has no attribute {name!r}")

@@ -41,43 +41,13 @@ from absl import flags as absl_flags
 from jax.experimental import multihost_utils
 
 from sonar_jax.data import buckets
+from sonar_jax.data.config import text_data_config  # noqa: F401 (re-export)
 from sonar_jax.data.noise import DenoisingNoise, keyed_rng, word_start_table
 from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
 from sonar_jax.tokenizer import EOS, NllbTokenizer
 
 _NOISE_STREAM, _ORDER_STREAM = 0, 1  # keep noise and batch-order randomness independent
 _MIN_SHM_BYTES = 64 << 20
-
-
-def text_data_config() -> ml_collections.ConfigDict:
-    """Defaults for the text data config; every field the pipeline reads is here."""
-    cfg = ml_collections.ConfigDict()
-    cfg.format = "tsv"  # "tsv" | "flores" | "tfds"
-    cfg.path = ""  # TSV file(s) (comma-separated), FLORES root folder, or tfds dataset name
-    cfg.split = "dev"  # FLORES split folder / tfds split
-    cfg.pairs = "*-*"  # FLORES: comma-separated "src-tgt"; "*" = every language in the folder
-    cfg.src_lang = ""  # TSV without language columns, and tfds
-    cfg.tgt_lang = ""
-    cfg.src_field = ""  # tfds: feature names of the two texts
-    cfg.tgt_field = ""
-    cfg.tfds_data_dir = ""
-    cfg.max_len = 512  # tokens per row, [lang] and eos included; longer rows are truncated
-    cfg.batch_max_tokens = 8192  # rows x padded length of each array of a host batch
-    # Padded lengths; () = powers of two from 8 up to max_len. Denser buckets pad less for a few
-    # more compiled shapes (on mixed-length pairs: 60% real tokens with powers of two, 71% with
-    # 16, 24, 32, 48, ..., 256).
-    cfg.length_buckets = ()
-    # Records batched together: each window ends with one partly filled batch per bucket, and a
-    # resume recomputes one window. 16384 keeps ~90% of rows real on mixed-length pairs.
-    cfg.window_size = 16384
-    cfg.shuffle = True
-    cfg.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
-    cfg.num_workers = 0  # grain worker processes (0: tokenize in the training process)
-    cfg.worker_buffer_size = 2  # windows each worker prepares ahead
-    cfg.read_threads = 1  # threads per process reading and tokenizing windows
-    cfg.noise = ml_collections.ConfigDict(dict(
-        enabled=True, mask_ratio=0.35, poisson_lambda=3.5, word_drop=0.0, shuffle_distance=0))
-    return cfg
 
 
 def make_source(cfg: ml_collections.ConfigDict):

@@ -43,34 +43,13 @@ import ml_collections
 import numpy as np
 
 from sonar_jax import audio
+from sonar_jax.data.config import speech_data_config  # noqa: F401 (re-export)
 from sonar_jax.data import buckets
 from sonar_jax.data.pipeline import (WindowBatchIterDataset, resolve_shard, tokenize,
                                      window_dataset)
 from sonar_jax.tokenizer import NllbTokenizer, UnknownLanguageError
 
 TEXT_COLUMNS = ("transcription", "text", "raw_text", "tgt_text")  # first present wins
-
-
-def speech_data_config() -> ml_collections.ConfigDict:
-    """Defaults for the speech data config; every field the pipeline reads is here."""
-    cfg = ml_collections.ConfigDict()
-    cfg.manifest = ""  # TSV manifest(s), comma-separated
-    cfg.lang = ""  # NLLB code for manifests without a lang column
-    cfg.min_seconds = 0.1  # shorter clips are dropped (and counted)
-    cfg.max_seconds = 30.0  # longer clips are dropped (and counted); sets the longest bucket
-    cfg.batch_max_frames = 32768  # rows x padded fbank frames of a host batch (100 frames/s)
-    cfg.frame_buckets = ()  # padded frame counts; () = powers of two from 8, up to max_seconds
-    cfg.max_text_len = 512  # teacher tokens per row, [lang] and eos included; longer truncated
-    # Clips decoded together (and held in memory: 512 clips of 10 s are 330 MB); each window
-    # ends with one partly filled batch per bucket, and a resume recomputes one window.
-    cfg.window_size = 512
-    cfg.shuffle = True
-    cfg.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
-    cfg.num_workers = 0  # grain worker processes (0: decode in the training process)
-    cfg.worker_buffer_size = 2  # windows each worker prepares ahead
-    cfg.read_threads = 1  # threads per process decoding windows
-    cfg.teacher_cache = ""  # .npy from cache_teacher_embeddings: batches then carry "teacher"
-    return cfg
 
 
 class ManifestRow(NamedTuple):
