@@ -99,6 +99,19 @@ def _embed(args: argparse.Namespace) -> None:
               f"{jax.process_count()} process(es))", file=sys.stderr)
 
 
+def _mine(args: argparse.Namespace) -> None:
+    from sonar_jax.train.distributed import maybe_initialize
+
+    maybe_initialize(args.distributed)
+    from sonar_jax.evaluate.mining import mine_corpora
+
+    _check_new(args.output, args.overwrite)
+    pairs = mine_corpora(args.src, args.tgt, args.output, src_lang=args.src_lang,
+                         tgt_lang=args.tgt_lang, unify=not args.no_unify, margin=args.margin,
+                         k=args.k, retrieval=args.retrieval, threshold=args.threshold)
+    print(f"wrote {len(pairs)} pairs to {args.output}", file=sys.stderr)
+
+
 def _audio_inputs(inputs: list[str]) -> list[str]:
     """Audio paths from `--input`: audio files as given, and list files (.txt / .lst) read as one
     path a line, relative to the list's folder (blank lines and # comments skipped)."""
@@ -301,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed(embed)
     _add_common(embed, batch_size=64)
     embed.set_defaults(run=_embed)
+
+    mine = commands.add_parser(
+        "mine", help="margin-based bitext mining (LASER's mine_bitexts) of two embed outputs")
+    mine.add_argument("--src", required=True, help="`sonar-jax embed` output of the sources")
+    mine.add_argument("--tgt", required=True, help="`sonar-jax embed` output of the targets")
+    mine.add_argument("--output", required=True, help="TSV to write: score, source, target")
+    mine.add_argument("--src-lang", help="check that every source sentence is in this language")
+    mine.add_argument("--tgt-lang", help="check that every target sentence is in this language")
+    mine.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
+    mine.add_argument("-k", "--k", type=int, default=4, help="neighbours in each direction")
+    mine.add_argument("--retrieval", default="max",
+                      choices=["forward", "backward", "max", "intersection"])
+    mine.add_argument("--threshold", type=float, default=None,
+                      help="keep pairs scoring above this (default: all)")
+    mine.add_argument("--no-unify", action="store_true",
+                      help="search duplicate sentences once per row (LASER without --unify)")
+    _add_distributed(mine)
+    mine.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mine.set_defaults(run=_mine)
 
     speech = commands.add_parser("speech-encode", help="embed audio files into a .npy")
     speech.add_argument("--model", required=True, help="converted speech encoder directory")
