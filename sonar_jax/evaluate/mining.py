@@ -155,7 +155,8 @@ def mine(x, y, *, margin: str = "ratio", k: int = 4, retrieval: str = "max",
     """Mines pairs of sources x and targets y: [N, D] / [M, D] arrays or `EmbeddingCorpus`es.
 
     x_texts, y_texts: the sentences; given, identical ones are searched once (LASER --unify).
-    Call it on every process of a job (each searches a share of the queries) or in one process.
+    Call it on every process of a job (each searches a share of the queries) or in one process;
+    `devices` (default: all of this process's) share each query chunk.
     """
     check_margin(margin)
     if retrieval not in RETRIEVALS:
@@ -171,7 +172,8 @@ def mine(x, y, *, margin: str = "ratio", k: int = 4, retrieval: str = "max",
     if not (len(x_rows) and len(y_rows)):
         empty = np.zeros(0, np.int64)
         return MinedPairs(np.zeros(0), empty, empty)
-    options = dict(query_chunk=query_chunk, candidate_chunk=candidate_chunk, devices=devices)
+    options = dict(query_chunk=query_chunk, candidate_chunk=candidate_chunk,
+                   devices=devices if devices is not None else jax.local_devices())
     x2y = _search(xs, x_rows, ys, y_rows, min(k, len(y_rows)), block_rows, options)
     y2x = _search(ys, y_rows, xs, x_rows, min(k, len(x_rows)), block_rows, options)
     fwd_target, fwd_score = _best(x2y, y2x, margin)
