@@ -107,7 +107,8 @@ class _Output:
         return self.shard_dir / (shard.name + ".json")
 
     def prepare(self, overwrite: bool) -> None:
-        """Checks the folder on every process; process 0 then clears (--overwrite) and starts it."""
+        """Checks the folder on every process; once all have, process 0 clears (--overwrite) and
+        starts it (so no process checks what another is writing)."""
         run = self.folder / shards.RUN_FILE
         if self.folder.exists() and not self.folder.is_dir():
             raise FileExistsError(f"--output {self.folder} is a file; name a folder")
@@ -117,6 +118,7 @@ class _Output:
                                       f"output (no {shards.RUN_FILE}); choose another --output")
             if not overwrite:
                 _check_same_run(shards.read_json(run), self.spec, self.folder)
+        multihost.barrier("sonar_jax.embed.checked")
         if jax.process_index() == 0:
             if overwrite and run.is_file():
                 shutil.rmtree(self.shard_dir, ignore_errors=True)
