@@ -23,7 +23,6 @@ import numpy as np
 
 LANG_CODE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")  # eng_Latn: ISO 639-3 + script
 READ_BYTES = 16 << 20
-KINDS = ("text", "tsv", "parquet")
 
 
 @dataclasses.dataclass(frozen=True)
