@@ -158,9 +158,9 @@ class _Output:
     def writing(self, shard: Shard) -> Iterator[np.ndarray]:
         """A [rows, D] buffer to fill; on success the shard appears, then its record."""
         partial = self.data_path(shard).with_suffix(self.format.suffix + ".partial")
-        buffer = self.format.create(partial, shard.rows, self.spec["dim"],
-                                    self.spec["output"]["dtype"])
         try:
+            buffer = self.format.create(partial, shard.rows, self.spec["dim"],
+                                        self.spec["output"]["dtype"])
             yield buffer
             self.format.finish(buffer, partial)
             del buffer

@@ -73,8 +73,12 @@ FORMATS = {"npy": NpyShards(), "parquet": ParquetShards()}
 def write_json(path: pathlib.Path, value: dict) -> None:
     """Writes `value` to `path` atomically (a reader sees the old file or the whole new one)."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_json(path: pathlib.Path) -> dict:
