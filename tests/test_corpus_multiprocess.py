@@ -1,5 +1,6 @@
 """2 processes x 4 CPU devices over loopback (JAX_COORDINATOR_*, the launchers' machinery) run
-`sonar-jax embed` and `sonar-jax mine`: the same bytes as 1 process with 4 devices."""
+`sonar-jax embed` and `sonar-jax mine`: the same bytes as 1 process with 4 devices.
+About 40-55 s on the 2-core CPU machine, so it stays in the default suite."""
 
 import json
 import os
@@ -9,7 +10,6 @@ import subprocess
 import sys
 
 import jax
-import pytest
 
 from sonar_jax import cli
 from sonar_jax.corpus.embed import embed_corpus
@@ -43,7 +43,6 @@ def _files(folder: pathlib.Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.slow
 def test_two_processes_embed_and_mine_the_same_bytes_as_one(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
