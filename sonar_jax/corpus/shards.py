@@ -14,10 +14,11 @@ A `sonar-jax embed` output folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import numpy as np
 
@@ -70,15 +71,23 @@ class ParquetShards:
 FORMATS = {"npy": NpyShards(), "parquet": ParquetShards()}
 
 
-def write_json(path: pathlib.Path, value: dict) -> None:
-    """Writes `value` to `path` atomically (a reader sees the old file or the whole new one)."""
+@contextlib.contextmanager
+def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A UTF-8 file to write that replaces `path` only once complete (a reader sees the old
+    file or the whole new one; an interrupted write leaves neither a partial file nor a change)."""
+    path = pathlib.Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        partial.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n",
-                           encoding="utf-8")
+        with open(partial, "w", encoding="utf-8") as out:
+            yield out
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_json(path: pathlib.Path, value: dict) -> None:
+    with atomic_text(path) as out:
+        out.write(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
 
 def read_json(path: pathlib.Path) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from typing import Protocol, Sequence, runtime_checkable
 
 import jax
@@ -190,12 +189,11 @@ def mine(x, y, *, margin: str = "ratio", k: int = 4, retrieval: str = "max",
 def write_pairs(path: str | os.PathLike, pairs: MinedPairs, x_texts: Sequence[str],
                 y_texts: Sequence[str]) -> None:
     """`score<TAB>source<TAB>target` lines, best first (what LASER writes, sorted), atomically."""
-    path = pathlib.Path(path)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as out:
+    from sonar_jax.corpus.shards import atomic_text
+
+    with atomic_text(path) as out:
         for score, src, tgt in zip(pairs.scores, pairs.sources, pairs.targets):
             out.write(f"{score:.6f}\t{x_texts[src]}\t{y_texts[tgt]}\n")
-    os.replace(partial, path)
 
 
 def _texts(corpus, lang: str | None, flag: str) -> list[str]:
