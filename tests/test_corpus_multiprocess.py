@@ -1,6 +1,6 @@
 """2 processes x 4 CPU devices over loopback (JAX_COORDINATOR_*, the launchers' machinery) run
 `sonar-jax embed` and `sonar-jax mine`: the same bytes as 1 process with 4 devices.
-About 40-55 s on the 2-core CPU machine, so it stays in the default suite."""
+About 40-65 s on the 2-core CPU machine (39, 53, 64 s measured), in the default suite."""
 
 import json
 import os
