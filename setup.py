@@ -29,7 +29,9 @@ setup(
     extras_require={
         # Audio decoding and resampling for the speech pipelines and speech training data.
         "audio": ["librosa>=0.10", "soundfile>=0.12"],
-        "test": ["pytest>=8", "librosa>=0.10", "soundfile>=0.12"],
+        # Parquet inputs and shards for `sonar-jax embed` / `mine`.
+        "parquet": ["pyarrow>=14"],
+        "test": ["pytest>=8", "librosa>=0.10", "soundfile>=0.12", "pyarrow>=14"],
         "tpu": ["libtpu"],  # the TPU compiler, for launch/aot_compile.py on any host
     },
     entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:main"]},

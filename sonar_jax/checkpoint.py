@@ -49,10 +49,14 @@ def save_params(path: str | pathlib.Path, params: Any) -> None:
         raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
     # A local write by the calling process alone: in a multi-process job, exports and
     # conversions run on one process, and orbax would otherwise wait for the others.
-    this_process = ocp.options.MultiprocessingOptions(
-        primary_host=jax.process_index(), active_processes={jax.process_index()})
-    with ocp.Checkpointer(_no_copy_handler(), multiprocessing_options=this_process) as checkpointer:
+    with ocp.Checkpointer(_no_copy_handler(),
+                          multiprocessing_options=_this_process_only()) as checkpointer:
         checkpointer.save(path, args=ocp.args.PyTreeSave(params))
+
+
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                              active_processes={jax.process_index()})
 
 
 def param_metadata(path: str | pathlib.Path) -> Any:
@@ -74,12 +78,16 @@ def restore_params(path: str | pathlib.Path, *, dtype: str | None = None,
 
     dtype: cast every floating-point leaf to it while reading (e.g. 'bfloat16' for inference).
     sharding: one Sharding for every leaf, a pytree of Shardings matching the params, or a function
-      of each leaf's ShapeDtypeStruct (how logical-axis rules are applied); default: one device.
+      of each leaf's ShapeDtypeStruct (how logical-axis rules are applied); default: this
+      process's first device, read by this process alone (in a multi-process job each process
+      loads its own copy, e.g. for inference, without waiting for the others).
     """
     path = _existing(path)
     abstract = param_metadata(path)
+    options = ocp.options.MultiprocessingOptions()
     if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        options = _this_process_only()
 
     def target(leaf: jax.ShapeDtypeStruct, leaf_sharding) -> jax.ShapeDtypeStruct:
         leaf_dtype = leaf.dtype
@@ -93,7 +101,7 @@ def restore_params(path: str | pathlib.Path, *, dtype: str | None = None,
         targets = jax.tree.map(lambda leaf: target(leaf, sharding), abstract)
     else:
         targets = jax.tree.map(target, abstract, sharding)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=options) as checkpointer:
         return checkpointer.restore(path, targets)
 
 

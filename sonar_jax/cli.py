@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import pathlib
+import signal
 import sys
 
+from sonar_jax.corpus.shards import DEFAULT_SHARD_ROWS
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
 
 # Where `sonar-jax data build` keeps downloaded Debian packages between builds.
@@ -60,6 +62,54 @@ def _encode(args: argparse.Namespace) -> None:
                                       batch_max_tokens=args.batch_max_tokens,
                                       progress=not args.quiet)
     print(f"wrote {count} embeddings to {output}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm(what: str):
+    """SIGTERM ends the command through Python's exit path, so partial files are removed."""
+    def stop(signum, frame):
+        print(f"\nsonar-jax: {signal.Signals(signum).name}: stopping; {what}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from sonar_jax.train.distributed import maybe_initialize
+
+    maybe_initialize(args.distributed)
+    import jax
+
+    from sonar_jax.corpus.embed import embed_corpus
+
+    with _exit_on_sigterm("finished shards are kept: rerun the same command to resume"):
+        result = embed_corpus(args.input, args.output, model=args.model, lang=args.lang,
+                              text_column=args.text_column, lang_column=args.lang_column,
+                              shard_rows=args.shard_rows, shard_format=args.format,
+                              output_dtype=args.output_dtype, batch_size=args.batch_size,
+                              batch_max_tokens=args.batch_max_tokens, dtype=args.dtype,
+                              overwrite=args.overwrite, progress=not args.quiet)
+    if jax.process_index() == 0:
+        print(f"embedded {result.embedded} of {result.manifest['rows']} rows into "
+              f"{args.output} in {result.seconds:.1f} s ({result.rate:.0f} sentences/s over "
+              f"{jax.process_count()} process(es))", file=sys.stderr)
+
+
+def _mine(args: argparse.Namespace) -> None:
+    from sonar_jax.train.distributed import maybe_initialize
+
+    maybe_initialize(args.distributed)
+    from sonar_jax.evaluate.mining import mine_corpora
+
+    _check_new(args.output, args.overwrite)
+    pairs = mine_corpora(args.src, args.tgt, args.output, src_lang=args.src_lang,
+                         tgt_lang=args.tgt_lang, unify=not args.no_unify, margin=args.margin,
+                         k=args.k, retrieval=args.retrieval, threshold=args.threshold)
+    print(f"wrote {len(pairs)} pairs to {args.output}", file=sys.stderr)
 
 
 def _audio_inputs(inputs: list[str]) -> list[str]:
@@ -203,6 +253,12 @@ def _add_generation(command: argparse.ArgumentParser) -> None:
                          help="total tokens per output, the 2-token prompt included (cap 512)")
 
 
+def _add_distributed(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--distributed", default="auto", choices=["auto", "on", "off"],
+                         help="jax.distributed.initialize(): auto = when the environment shows "
+                              "several processes (Slurm, a TPU pod, JAX_COORDINATOR_*)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +291,48 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-max-tokens", type=int, default=None)
     _add_common(encode, batch_size=64)
     encode.set_defaults(run=_encode)
+
+    embed = commands.add_parser(
+        "embed", help="embed a corpus into shards + a manifest, split over the processes of a "
+                      "job (Slurm, TPU pod, JAX_COORDINATOR_*); rerun to resume")
+    embed.add_argument("--model", required=True, help="converted text encoder directory")
+    embed.add_argument("--input", required=True, nargs="+",
+                       help="text files (one sentence a line), FLORES split folders "
+                            "(LANG.SPLIT files), .tsv (with a header) or .parquet tables")
+    embed.add_argument("--output", required=True, help="folder for the shards and manifest")
+    embed.add_argument("--lang", help="language of every input (default: from a LANG.* file "
+                                      "name or --lang-column)")
+    embed.add_argument("--text-column", default="text", help="TSV/Parquet text column")
+    embed.add_argument("--lang-column", help="TSV/Parquet column of per-row language codes")
+    embed.add_argument("--format", default="npy", choices=["npy", "parquet"],
+                       help="shard files: .npy, or Parquet with a fixed-size list column "
+                            "(needs pyarrow: pip install 'sonar_jax[parquet]')")
+    embed.add_argument("--output-dtype", default="float32", choices=["float32", "float16"])
+    embed.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
+                       help="rows per shard: the unit of work and of resuming")
+    embed.add_argument("--batch-max-tokens", type=int, default=None)
+    _add_distributed(embed)
+    _add_common(embed, batch_size=64)
+    embed.set_defaults(run=_embed)
+
+    mine = commands.add_parser(
+        "mine", help="margin-based bitext mining (LASER's mine_bitexts) of two embed outputs")
+    mine.add_argument("--src", required=True, help="`sonar-jax embed` output of the sources")
+    mine.add_argument("--tgt", required=True, help="`sonar-jax embed` output of the targets")
+    mine.add_argument("--output", required=True, help="TSV to write: score, source, target")
+    mine.add_argument("--src-lang", help="check that every source sentence is in this language")
+    mine.add_argument("--tgt-lang", help="check that every target sentence is in this language")
+    mine.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
+    mine.add_argument("-k", "--k", type=int, default=4, help="neighbours in each direction")
+    mine.add_argument("--retrieval", default="max",
+                      choices=["forward", "backward", "max", "intersection"])
+    mine.add_argument("--threshold", type=float, default=None,
+                      help="keep pairs scoring above this (default: all)")
+    mine.add_argument("--no-unify", action="store_true",
+                      help="search duplicate sentences once per row (LASER without --unify)")
+    _add_distributed(mine)
+    mine.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mine.set_defaults(run=_mine)
 
     speech = commands.add_parser("speech-encode", help="embed audio files into a .npy")
     speech.add_argument("--model", required=True, help="converted speech encoder directory")

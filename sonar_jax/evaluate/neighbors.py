@@ -4,16 +4,22 @@ Queries go through in fixed-size chunks (the last one padded) and each chunk sca
 chunk by chunk, merging a running top-k, so one compiled program serves a set of any size and the
 device holds at most `query_chunk x (k + candidate_chunk)` scores at a time. Ties are broken
 towards the lower candidate index, the same order `jax.lax.top_k` gives on a single row.
+
+Given several devices, each query chunk is split over them (candidates replicated). Candidate
+sets larger than memory go through `knn_blocks`, one block at a time, merged on the host.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sonar_jax.batching import DataParallel
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_CANDIDATE_CHUNK = 8192
@@ -81,11 +87,13 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def knn(queries, candidates, k: int, *, query_chunk: int = DEFAULT_QUERY_CHUNK,
-        candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK) -> Neighbors:
+        candidate_chunk: int = DEFAULT_CANDIDATE_CHUNK,
+        devices: Sequence[jax.Device] | None = None) -> Neighbors:
     """The k candidates with the largest inner product for each query (exact search).
 
     Pass L2-normalised rows (see `l2_normalize`) for cosine similarity. The chunk sizes are
     upper bounds: a set is split into as few chunks as they allow, of equal padded size.
+    `devices` (default: this process's first) share each query chunk.
     """
     queries = np.asarray(queries, dtype=np.float32)
     candidates = np.asarray(candidates, dtype=np.float32)
@@ -100,16 +108,41 @@ def knn(queries, candidates, k: int, *, query_chunk: int = DEFAULT_QUERY_CHUNK,
     if num_queries == 0:
         return Neighbors(np.zeros((0, k), np.float32), np.zeros((0, k), np.int32))
 
-    query_chunk = _chunk_size(num_queries, query_chunk)
+    parallel = DataParallel(devices if devices is not None else jax.local_devices()[:1])
+    query_chunk = -(-_chunk_size(num_queries, query_chunk) // parallel.size) * parallel.size
     candidate_chunk = _chunk_size(num_candidates, candidate_chunk)
     num_chunks = -(-num_candidates // candidate_chunk)
-    device_candidates = jnp.asarray(_pad_rows(candidates, num_chunks * candidate_chunk)
-                                    .reshape(num_chunks, candidate_chunk, -1))
+    device_candidates = parallel.replicate(_pad_rows(candidates, num_chunks * candidate_chunk)
+                                           .reshape(num_chunks, candidate_chunk, -1))
     valid = jnp.int32(num_candidates)
     results = []
     for start in range(0, num_queries, query_chunk):
-        chunk = _pad_rows(queries[start:start + query_chunk], query_chunk)
-        results.append(_chunk_top_k(jnp.asarray(chunk), device_candidates, valid, k))
+        (chunk,) = parallel.shard_rows(_pad_rows(queries[start:start + query_chunk], query_chunk))
+        results.append(_chunk_top_k(chunk, device_candidates, valid, k))
     scores = np.concatenate([np.asarray(s) for s, _ in results])[:num_queries]
     indices = np.concatenate([np.asarray(i) for _, i in results])[:num_queries]
     return Neighbors(scores, indices)
+
+
+def _merge(a: Neighbors, b: Neighbors, k: int) -> Neighbors:
+    """The k best of two neighbour lists of the same queries; `a`'s entries (lower candidate
+    indices) win ties, as one search over both would order them."""
+    scores = np.concatenate([a.scores, b.scores], axis=1)
+    indices = np.concatenate([a.indices, b.indices], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return Neighbors(np.take_along_axis(scores, order, axis=1),
+                     np.take_along_axis(indices, order, axis=1))
+
+
+def knn_blocks(queries, candidate_blocks: Iterable[np.ndarray], k: int, **options) -> Neighbors:
+    """`knn` over candidates that arrive in consecutive blocks (e.g. read from disk), so only
+    one block is in memory; indices count rows across all blocks. Options as for `knn`."""
+    best, offset = None, 0
+    for block in candidate_blocks:
+        found = knn(queries, block, min(k, len(block)), **options)
+        found = Neighbors(found.scores, found.indices + np.int32(offset))
+        best = found if best is None else _merge(best, found, k)
+        offset += len(block)
+    if offset < k:
+        raise ValueError(f"k={k} needs 1 <= k <= the number of candidates ({offset})")
+    return best

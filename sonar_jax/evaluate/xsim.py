@@ -1,14 +1,9 @@
 """xsim and xsim++: how often a sentence fails to retrieve its translation, as LASER defines it.
 
 Source i of a parallel set must retrieve target i. Embeddings are L2-normalised; each source's
-k nearest targets by cosine are rescored with a margin and the best one is the prediction:
-
-    ratio     cos(x, y) / ((avg_x + avg_y) / 2)
-    distance  cos(x, y) - (avg_x + avg_y) / 2
-    absolute  cos(x, y)                (plain nearest neighbour)
-
-where avg_x is the mean cosine of x's k nearest targets and avg_y the mean cosine of y's k
-nearest sources. Only the k cosine-nearest targets compete under a margin, as in LASER.
+k nearest targets by cosine are rescored with a margin (ratio, distance, or absolute: the plain
+nearest neighbour; see `margin`) and the best one is the prediction. Only the k cosine-nearest
+targets compete under a margin, as in LASER.
 
 xsim++ appends hard negatives (augmented sentences) to the targets; they join every neighbour
 search (including the targets' averages) while the gold index stays i. An error is a prediction
@@ -23,10 +18,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sonar_jax.evaluate.margin import MARGINS, check_margin, margin_scores
 from sonar_jax.evaluate.neighbors import (DEFAULT_CANDIDATE_CHUNK, DEFAULT_QUERY_CHUNK,
                                           Neighbors, knn, l2_normalize)
 
-MARGINS = ("ratio", "distance", "absolute")
+__all__ = ["MARGINS", "XsimResult", "error_types", "margin_predictions", "xsim",
+           "xsim_both_directions"]
 MISALIGNED = "Misaligned"
 
 
@@ -54,26 +51,15 @@ class XsimResult:
         return {"errors": self.errors, "total": self.total, "error_rate": self.error_rate}
 
 
-def _check_margin(margin: str) -> None:
-    if margin not in MARGINS:
-        raise ValueError(f"unknown margin {margin!r}; choose one of {', '.join(MARGINS)}")
-
-
 def margin_predictions(forward: Neighbors, reverse: Neighbors | None, margin: str) -> np.ndarray:
     """Best candidate for each query from its k nearest (`forward`), rescored with the margin.
 
     `reverse` holds each candidate's k nearest queries (for the candidates' averages); it is
     unused by the absolute margin. Equal margins go to the cosine-nearer candidate.
     """
-    _check_margin(margin)
     if margin == "absolute":
         return forward.indices[:, 0]
-    cosines = forward.scores.astype(np.float64)
-    query_avg = cosines.mean(axis=1, keepdims=True)
-    candidate_avg = reverse.scores.astype(np.float64).mean(axis=1)[forward.indices]
-    mean_avg = (query_avg + candidate_avg) / 2
-    scores = cosines / mean_avg if margin == "ratio" else cosines - mean_avg
-    best = scores.argmax(axis=1)
+    best = margin_scores(forward, reverse, margin).argmax(axis=1)
     return forward.indices[np.arange(len(best)), best]
 
 
@@ -111,7 +97,7 @@ class _Searcher:
     """Runs the neighbour searches of one xsim direction with shared chunk settings."""
 
     def __init__(self, margin: str, k: int, query_chunk: int, candidate_chunk: int):
-        _check_margin(margin)
+        check_margin(margin)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.margin, self.k = margin, k

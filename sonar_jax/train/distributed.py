@@ -23,12 +23,15 @@ def multi_process_environment(env=os.environ) -> bool:
 
 def maybe_initialize(mode: str = "auto", env=os.environ) -> bool:
     """mode 'on' always initialises, 'off' never, 'auto' when `multi_process_environment`.
-    Returns whether it initialised."""
+    Returns whether this process is (now) one of several; a second call changes nothing."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
     if mode == "off" or (mode == "auto" and not multi_process_environment(env)):
         return False
     import jax
+
+    if jax.distributed.is_initialized():
+        return True
 
     if env.get("JAX_PLATFORMS", "") == "cpu":
         # CPU processes exchange collectives over gloo (tests run two processes on loopback).
