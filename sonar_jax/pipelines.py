@@ -30,6 +30,7 @@ from sonar_jax.model_dir import load_model, load_tokenizer
 from sonar_jax.models.layers import unstacked
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.prefetch import prefetch
 from sonar_jax.tokenizer import EOS, NllbTokenizer
 
 log = logging.getLogger(__name__)
@@ -102,45 +103,93 @@ class TextToEmbeddingModelPipeline:
     def tokenize(self, sentences: Sequence[str], source_lang: str,
                  max_seq_len: int | None = None) -> list[list[int]]:
         """Source-mode ids, truncated to `max_seq_len` like the reference (with one warning)."""
+        tokens, truncated = self._tokenize(sentences, source_lang, max_seq_len)
+        _warn_truncated(truncated, len(tokens), self._limit(max_seq_len))
+        return tokens
+
+    def _limit(self, max_seq_len: int | None) -> int:
         limit = self.max_seq_len if max_seq_len is None else max_seq_len
         if limit > self.max_seq_len:
             raise ValueError(f"max_seq_len {limit} exceeds the encoder's {self.max_seq_len}")
+        return limit
+
+    def _tokenize(self, sentences, source_lang, max_seq_len) -> tuple[list[list[int]], int]:
+        """(ids truncated to the limit, how many were longer)."""
+        limit = self._limit(max_seq_len)
         tokens = self.tokenizer.encode_batch(sentences, source_lang)
-        truncated = sum(len(t) > limit for t in tokens)
-        if truncated:
-            log.warning("%d of %d sentences are longer than %d tokens and were truncated (the "
-                        "final EOS is cut too, as the reference does)", truncated, len(tokens),
-                        limit)
-        return [t[:limit] for t in tokens]
+        return [t[:limit] for t in tokens], sum(len(t) > limit for t in tokens)
 
     def embed_tokens(self, tokens: Sequence[Sequence[int]], *, batch_size: int | None = 5,
                      batch_max_tokens: int | None = None, progress_bar: bool = False
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (input indices, embeddings) batch by batch, shortest sequences first."""
+        """Yields (input indices, embeddings) batch by batch, shortest sequences first.
+
+        The device is kept busy: the next batch is padded and copied to the devices by a thread
+        while the current one runs, and its program is queued before the current result is
+        read back."""
         batches = batching.pack_by_length([len(t) for t in tokens], batch_size=batch_size,
                                           max_tokens=batch_max_tokens)
-        with _progress(len(tokens), progress_bar, "sent") as bar:
+
+        def on_device():
             for batch in batches:
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 width = batching.length_bucket(int(batch.lengths.max()), self.max_seq_len)
                 ids, lengths = batching.pad_rows([tokens[i] for i in batch.indices], rows, width,
                                                  self.tokenizer.pad_idx, filler=[EOS])
-                ids, lengths = self.parallel.shard_rows(ids, lengths)
-                out = _encode(self._graphdef, self._state, ids, lengths)
-                yield batch.indices, np.asarray(out[: len(batch.indices)], np.float32)
-                bar.update(len(batch.indices))
+                yield (batch.indices, *self.parallel.shard_rows(ids, lengths))
+
+        pending = None
+        with _progress(len(tokens), progress_bar, "sent") as bar:
+            for indices, ids, lengths in prefetch(on_device()):
+                running = (indices, _encode(self._graphdef, self._state, ids, lengths))
+                if pending is not None:
+                    yield _fetched(*pending)
+                    bar.update(len(pending[0]))
+                pending = running
+            if pending is not None:
+                yield _fetched(*pending)
+                bar.update(len(pending[0]))
 
     def predict(self, input: str | pathlib.Path | Sequence[str], source_lang: str,
                 batch_size: int | None = 5, batch_max_tokens: int | None = None,
                 max_seq_len: int | None = None, progress_bar: bool = False) -> np.ndarray:
+        """Embeddings [N, D] float32 in input order.
+
+        The input is tokenized in windows of `TOKENIZE_WINDOW` sentences, each while the
+        previous one is being encoded (a thread); batches are packed by length within a window.
+        """
         sentences = read_sentences(input)
-        tokens = self.tokenize(sentences, source_lang, max_seq_len)
-        result = np.zeros((len(tokens), self.model.cfg.model_dim), np.float32)
-        for indices, embeddings in self.embed_tokens(tokens, batch_size=batch_size,
-                                                     batch_max_tokens=batch_max_tokens,
-                                                     progress_bar=progress_bar):
-            result[indices] = embeddings
+        self._limit(max_seq_len)  # a bad limit fails before any work
+        self.tokenizer.lang_id(source_lang)
+        result = np.zeros((len(sentences), self.model.cfg.model_dim), np.float32)
+        starts = range(0, len(sentences), TOKENIZE_WINDOW)
+        windows = ((start, self._tokenize(sentences[start:start + TOKENIZE_WINDOW], source_lang,
+                                          max_seq_len)) for start in starts)
+        truncated = 0
+        with _progress(len(sentences), progress_bar, "sent") as bar:
+            for start, (tokens, window_truncated) in prefetch(windows):
+                truncated += window_truncated
+                for indices, embeddings in self.embed_tokens(tokens, batch_size=batch_size,
+                                                             batch_max_tokens=batch_max_tokens):
+                    result[start + indices] = embeddings
+                    bar.update(len(indices))
+        _warn_truncated(truncated, len(sentences), self._limit(max_seq_len))
         return result
+
+
+# Sentences tokenized at a time by TextToEmbeddingModelPipeline.predict (length-sorted within).
+TOKENIZE_WINDOW = 4096
+
+
+def _warn_truncated(truncated: int, total: int, limit: int) -> None:
+    if truncated:
+        log.warning("%d of %d sentences are longer than %d tokens and were truncated (the "
+                    "final EOS is cut too, as the reference does)", truncated, total, limit)
+
+
+def _fetched(indices: np.ndarray, out: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's embeddings on the host, padding rows dropped."""
+    return indices, np.asarray(out, np.float32)[: len(indices)]
 
 
 def generation_config(*, beam_size: int = 5, sampler=None, min_gen_len: int = 1,
