@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonar_jax.config import SpeechModelConfig, TextModelConfig, to_jnp_dtype
+from sonar_jax.models.attention import CUDNN_LENGTH_MULTIPLE
 from sonar_jax.models.conformer import ConformerBlock
 from sonar_jax.models.layers import (FeedForward, MultiheadAttention, axes_metadata, layer_norm,
                                      linear, make_layer_stack, scan_layers, sinusoidal_table)
@@ -137,10 +138,14 @@ class SpeechEncoder(nnx.Module):
         dtype = to_jnp_dtype(self.cfg.dtype)
         frames, seq_lens = stack_frames(fbank.astype(dtype), lengths.astype(jnp.int32),
                                         self.cfg.fbank_stride)
+        # Padded to a multiple of 8 frames (masked like any padding) so that cuDNN's attention,
+        # which rejects unaligned lengths, applies to every input; the padding is cut off again.
+        num_frames = frames.shape[1]
+        frames = jnp.pad(frames, ((0, 0), (0, -num_frames % CUDNN_LENGTH_MULTIPLE), (0, 0)))
         x = self.encoder_frontend(frames)
         x, _ = scan_layers(self.layers, x, self.cfg,
                            lambda layer, h, _: (layer(h, seq_lens), None))
-        return self.layer_norm(x), seq_lens
+        return self.layer_norm(x[:, :num_frames]), seq_lens
 
     def __call__(self, fbank: jax.Array, lengths: jax.Array | None = None) -> SpeechEncoderOutput:
         x, seq_lens = self.encode(fbank, lengths)
