@@ -1,4 +1,4 @@
-"""The PyTorch peer of the text benchmark: HF `transformers` M2M100 filled with a converted model.
+"""The PyTorch peers of the benchmarks: HF `transformers` models filled with our parameters.
 
 SONAR's text encoder is an NLLB/M2M100 encoder followed by a mean over the non-pad positions, and
 its decoder is an M2M100 decoder whose output projection is tied to the embedding table and whose
@@ -15,6 +15,9 @@ Two differences are bridged here:
 - Parameter layout: our kernels are [in, out] and stacked over layers; torch Linear weights are
   [out, in], one module per layer (`hf_state_dict`).
 
+The speech encoder's Conformer is HF's `SeamlessM4TSpeechEncoder` (its feature projection and
+encoder; HF has no equivalent of SONAR's attention pooler, which the speech workload states).
+
 torch and transformers are imported only inside this module, and only when it is used; they are
 never dependencies of sonar_jax. Install them in a separate environment:
 
@@ -25,14 +28,11 @@ never dependencies of sonar_jax. Install them in a separate environment:
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from sonar_jax import checkpoint
-from sonar_jax.config import TextModelConfig
-from sonar_jax.model_dir import load_params, read_config
+from sonar_jax.config import SpeechModelConfig, TextModelConfig
 
 # Everything is built locally; never let transformers reach for the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -162,14 +162,20 @@ def _m2m100_config(cfg: TextModelConfig, *, num_encoder_layers: int, num_decoder
     return config
 
 
-def _load_exact(module, weights: dict[str, np.ndarray], unused: str | None = None) -> None:
-    """Copies `weights` into `module`'s parameters; every parameter must be covered exactly once
-    (tied parameters count once), and shapes must agree. Parameters under the prefix `unused`
-    (a submodule that is never run) are left as initialised."""
+def _load_exact(module, weights: dict[str, np.ndarray], unused: str | None = None,
+                buffers: dict[str, np.ndarray] | None = None) -> None:
+    """Copies `weights` into `module`'s parameters (and `buffers` into its buffers); every
+    parameter must be covered exactly once (tied parameters count once), and shapes must agree.
+    Parameters under the prefix `unused` (a submodule that is never run) are left as
+    initialised."""
     import torch
 
     params = {name: p for name, p in module.named_parameters()  # tied parameters appear once
               if unused is None or not name.startswith(unused)}
+    named_buffers = dict(module.named_buffers())
+    for name, value in (buffers or {}).items():
+        with torch.no_grad():
+            named_buffers[name].copy_(torch.from_numpy(np.array(value)))
     missing = sorted(set(params) - set(weights))
     unknown = sorted(set(weights) - set(params))
     if missing or unknown:
@@ -183,12 +189,11 @@ def _load_exact(module, weights: dict[str, np.ndarray], unused: str | None = Non
             target.copy_(torch.from_numpy(np.array(value)))
 
 
-def _restore(model_dir: str | pathlib.Path, kind: str) -> tuple[TextModelConfig, dict]:
-    found, cfg = read_config(model_dir)
-    if found != kind:
-        raise ValueError(f"{model_dir} holds a {found}, not a {kind}")
-    params = checkpoint.to_numpy(load_params(model_dir, dtype="float32"))
-    return cfg, params
+def place(module, device: str, dtype: str):
+    """`module` in eval mode on `device` in `dtype` ("float32" | "bfloat16")."""
+    import torch
+
+    return module.to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +201,20 @@ def _restore(model_dir: str | pathlib.Path, kind: str) -> tuple[TextModelConfig,
 
 
 class HFEncoder:
-    """HF `M2M100Encoder` + SONAR's masked mean pooling: our ids -> sentence embeddings."""
+    """HF `M2M100Encoder` + SONAR's masked mean pooling: our ids -> sentence embeddings.
 
-    def __init__(self, model_dir: str | pathlib.Path, attn_implementation: str = "sdpa"):
+    cfg/params: our encoder's config and parameter tree (numpy or jax arrays)."""
+
+    def __init__(self, cfg: TextModelConfig, params: dict, *, attn_implementation: str = "sdpa",
+                 device: str = "cpu", dtype: str = "float32"):
         from transformers.models.m2m_100.modeling_m2m_100 import M2M100Encoder
 
-        self.cfg, params = _restore(model_dir, "text_encoder")
-        config = _m2m100_config(self.cfg, num_encoder_layers=self.cfg.num_layers,
-                                num_decoder_layers=0, attn_implementation=attn_implementation)
-        self.model = M2M100Encoder(config).eval()
-        _load_exact(self.model, hf_state_dict(params, self.cfg, prefix=""))
+        self.cfg, self.device = cfg, device
+        config = _m2m100_config(cfg, num_encoder_layers=cfg.num_layers, num_decoder_layers=0,
+                                attn_implementation=attn_implementation)
+        self.model = M2M100Encoder(config)
+        _load_exact(self.model, hf_state_dict(params, cfg, prefix=""))
+        self.model = place(self.model, device, dtype)
 
     def embed_hf(self, ids, mask):
         """HF ids and mask (torch [B, T]) -> sentence embeddings (torch [B, D]).
@@ -223,26 +232,30 @@ class HFEncoder:
 
         ids, mask = pad_batch(tokens)
         with torch.inference_mode():
-            return self.embed_hf(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            out = self.embed_hf(torch.from_numpy(ids).to(self.device),
+                                torch.from_numpy(mask).to(self.device))
+            return out.float().cpu().numpy()
 
 
 class HFDecoder:
     """HF `M2M100ForConditionalGeneration` with 0 encoder layers: the sentence embedding is fed as
     a length-1 encoder output, the LM head is tied to the decoder's embedding table."""
 
-    def __init__(self, model_dir: str | pathlib.Path, attn_implementation: str = "sdpa"):
+    def __init__(self, cfg: TextModelConfig, params: dict, *, attn_implementation: str = "sdpa",
+                 device: str = "cpu", dtype: str = "float32"):
         from transformers import M2M100ForConditionalGeneration
 
-        self.cfg, params = _restore(model_dir, "text_decoder")
-        config = _m2m100_config(self.cfg, num_encoder_layers=0, num_decoder_layers=self.cfg.num_layers,
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        config = _m2m100_config(cfg, num_encoder_layers=0, num_decoder_layers=cfg.num_layers,
                                 attn_implementation=attn_implementation)
-        self.model = M2M100ForConditionalGeneration(config).eval()
-        weights = hf_state_dict(params, self.cfg, prefix="model.decoder.")
+        self.model = M2M100ForConditionalGeneration(config)
+        weights = hf_state_dict(params, cfg, prefix="model.decoder.")
         shared = weights.pop("model.decoder.embed_tokens.weight")
         self._check_tied()
         weights["model.shared.weight"] = shared
         # The 0-layer encoder keeps a final LayerNorm; it is never run (we pass encoder_outputs).
         _load_exact(self.model, weights, unused="model.encoder.")
+        self.model = place(self.model, device, dtype)
 
     def _check_tied(self) -> None:
         """The encoder's and decoder's embeddings and the LM head must be one tensor, so that
@@ -253,24 +266,24 @@ class HFDecoder:
             raise RuntimeError("HF did not tie lm_head / decoder.embed_tokens to model.shared; "
                                "this transformers version needs another way to tie them")
 
-    @staticmethod
-    def encoder_outputs(embeddings: np.ndarray):
+    def encoder_outputs(self, embeddings: np.ndarray):
         """Sentence embeddings [N, D] -> HF's encoder output of length 1 ([N, 1, D])."""
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
         emb = torch.from_numpy(np.array(embeddings, np.float32))  # a writable copy
+        emb = emb.to(device=self.device, dtype=getattr(torch, self.dtype))
         return BaseModelOutput(last_hidden_state=emb[:, None, :])
 
     def logits(self, embeddings: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Teacher-forced logits [N, T, V] over our ids for our target ids [N, T] (unpadded)."""
         import torch
 
-        hf_tokens = torch.from_numpy(to_hf_ids(np.asarray(tokens, np.int64)))
+        hf_tokens = torch.from_numpy(to_hf_ids(np.asarray(tokens, np.int64))).to(self.device)
         with torch.inference_mode():
             out = self.model(decoder_input_ids=hf_tokens,
                              encoder_outputs=self.encoder_outputs(embeddings), use_cache=False)
-        return hf_logits_to_ours(out.logits.numpy())
+        return hf_logits_to_ours(out.logits.float().cpu().numpy())
 
     def generation_config(self, *, beam_size: int, new_tokens: int):
         """Exactly `new_tokens` tokens, ending in EOS, as ours does with min_gen_len = new_tokens
@@ -292,11 +305,109 @@ class HFDecoder:
         import torch
 
         num = len(embeddings)
-        prompt = torch.tensor(to_hf_ids(np.array([[3, lang_id]] * num, np.int64)))
+        prompt = torch.tensor(to_hf_ids(np.array([[3, lang_id]] * num, np.int64)),
+                              device=self.device)
         with torch.inference_mode():
             out = self.model.generate(encoder_outputs=self.encoder_outputs(embeddings),
                                       decoder_input_ids=prompt, generation_config=config)
-        return from_hf_ids(out.numpy())
+        return from_hf_ids(out.cpu().numpy())
+
+
+# Our Conformer's module names -> HF SeamlessM4T's, inside one layer.
+CONFORMER_RENAMES = {
+    "ffn1_layer_norm": "ffn1_layer_norm", "ffn1.inner_proj": "ffn1.intermediate_dense",
+    "ffn1.output_proj": "ffn1.output_dense", "self_attn_layer_norm": "self_attn_layer_norm",
+    "self_attn.qkv_proj": "self_attn.linear_{}", "self_attn.output_proj": "self_attn.linear_out",
+    "self_attn.r_proj": "self_attn.linear_pos", "self_attn.u_bias": "self_attn.pos_bias_u",
+    "self_attn.v_bias": "self_attn.pos_bias_v", "conv_layer_norm": "conv_module.layer_norm",
+    "conv.pointwise_conv1": "conv_module.pointwise_conv1",
+    "conv.depthwise_conv": "conv_module.depthwise_conv", "conv.batch_norm": "conv_module.batch_norm",
+    "conv.pointwise_conv2": "conv_module.pointwise_conv2", "ffn2_layer_norm": "ffn2_layer_norm",
+    "ffn2.inner_proj": "ffn2.intermediate_dense", "ffn2.output_proj": "ffn2.output_dense",
+    "layer_norm": "final_layer_norm",
+}
+BATCH_NORM_BUFFERS = {"mean": "running_mean", "var": "running_var"}
+
+
+def speech_state_dict(params: dict, cfg: SpeechModelConfig) -> tuple[dict, dict]:
+    """(parameters, buffers) of HF's SeamlessM4TSpeechEncoder from our speech encoder's tree
+    (the pooler is left out: HF has none)."""
+    weights, buffers = {}, {}
+    for path, value in _flatten(params).items():
+        if path[0] == "encoder_pooler":
+            continue
+        leaf = path[-1]
+        if path[0] == "encoder_frontend":
+            name = {"post_extract_layer_norm": "feature_projection.layer_norm",
+                    "model_dim_proj": "feature_projection.projection"}[path[1]]
+            weights[f"{name}.{LEAF_RENAMES[leaf]}"] = value.T if leaf == "kernel" else value
+            continue
+        if path[0] == "layer_norm":
+            weights[f"encoder.layer_norm.{LEAF_RENAMES[leaf]}"] = value
+            continue
+        module = ".".join(path[1:-1])
+        if leaf in ("u_bias", "v_bias", "depthwise_conv"):
+            module = ".".join(path[1:])
+        for layer in range(cfg.num_layers):
+            prefix = f"encoder.layers.{layer}."
+            tensor = value[layer]
+            if module in ("self_attn.u_bias", "self_attn.v_bias"):
+                weights[prefix + CONFORMER_RENAMES[module]] = tensor
+            elif module == "conv.depthwise_conv":  # ours [K, D] -> torch Conv1d [D, 1, K]
+                weights[prefix + CONFORMER_RENAMES[module] + ".weight"] = tensor.T[:, None, :]
+            elif module.startswith("conv.pointwise_conv"):  # ours [in, out] -> [out, in, 1]
+                weights[prefix + CONFORMER_RENAMES[module] + ".weight"] = tensor.T[:, :, None]
+            elif module == "conv.batch_norm" and leaf in BATCH_NORM_BUFFERS:
+                buffers[prefix + "conv_module.batch_norm." + BATCH_NORM_BUFFERS[leaf]] = tensor
+            elif module == "self_attn.qkv_proj":
+                for slot, name in enumerate("qkv"):
+                    part = tensor[..., slot, :]
+                    weights[prefix + CONFORMER_RENAMES[module].format(name) + "."
+                            + LEAF_RENAMES[leaf]] = part.T if leaf == "kernel" else part
+            else:
+                weights[prefix + CONFORMER_RENAMES[module] + "." + LEAF_RENAMES[leaf]] = (
+                    tensor.T if leaf == "kernel" else tensor)
+    return ({k: np.ascontiguousarray(v) for k, v in weights.items()},
+            {k: np.ascontiguousarray(v) for k, v in buffers.items()})
+
+
+class HFSpeechEncoder:
+    """HF `SeamlessM4TSpeechEncoder`'s feature projection and Conformer with our weights:
+    stacked fbank frames [B, S, 160] -> the Conformer's final states [B, S, D]."""
+
+    def __init__(self, cfg: SpeechModelConfig, params: dict, *, device: str = "cpu",
+                 dtype: str = "float32"):
+        from transformers import SeamlessM4TConfig
+        from transformers.models.seamless_m4t.modeling_seamless_m4t import (
+            SeamlessM4TSpeechEncoder)
+
+        config = SeamlessM4TConfig(
+            hidden_size=cfg.model_dim, speech_encoder_layers=cfg.num_layers,
+            speech_encoder_attention_heads=cfg.num_heads,
+            speech_encoder_intermediate_size=cfg.ffn_dim,
+            conv_depthwise_kernel_size=cfg.depthwise_kernel_size,
+            position_embeddings_type="relative", feature_projection_input_dim=cfg.feature_dim,
+            speech_encoder_dropout=0.0, dropout=0.0, attention_dropout=0.0,
+            activation_dropout=0.0, speech_encoder_layerdrop=0.0, add_adapter=False,
+            layer_norm_eps=cfg.layer_norm_eps, max_source_positions=cfg.max_seq_len)
+        self.model = SeamlessM4TSpeechEncoder(config)
+        weights, buffers = speech_state_dict(params, cfg)
+        _load_exact(self.model, weights, unused=("intermediate_ffn", "inner_layer_norm"),
+                    buffers=buffers)
+        self.model = place(self.model, device, dtype)
+        self.device, self.dtype = device, dtype
+
+    def encode(self, frames, mask):
+        """Stacked frames and mask (torch [B, S, F], [B, S]) -> states (torch [B, S, D])."""
+        hidden = _first(self.model.feature_projection(frames))
+        return _first(self.model.encoder(hidden, attention_mask=mask))
+
+
+def _first(output):
+    """The main tensor of an HF module's output (a tensor, a tuple or a ModelOutput)."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return getattr(output, "last_hidden_state", output)
 
 
 def torch_info() -> dict[str, Any]:
