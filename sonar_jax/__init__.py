@@ -13,6 +13,7 @@ _EXPORTS = {
     "TopPSampler": "sonar_jax.generate",
     "load_model": "sonar_jax.model_dir",
     "NllbTokenizer": "sonar_jax.tokenizer",
+    "similarity": "sonar_jax.cosine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -58,7 +58,9 @@ def _encode(args: argparse.Namespace) -> None:
         count = streaming.encode_file(pipeline, source, output, args.lang,
                                       batch_size=args.batch_size,
                                       batch_max_tokens=args.batch_max_tokens,
-                                      progress=not args.quiet)
+                                      progress=not args.quiet,
+                                      normalize_embeddings=args.normalize_embeddings,
+                                      output_dtype=args.output_dtype)
     print(f"wrote {count} embeddings to {output}", file=sys.stderr)
 
 
@@ -92,7 +94,9 @@ def _speech_encode(args: argparse.Namespace) -> None:
     pipeline = SpeechToEmbeddingModelPipeline(args.model, dtype=args.dtype)
     embeddings = pipeline.predict(paths, batch_size=args.batch_size,
                                   batch_max_frames=args.batch_max_frames,
-                                  progress_bar=not args.quiet)
+                                  progress_bar=not args.quiet,
+                                  normalize_embeddings=args.normalize_embeddings,
+                                  output_dtype=args.output_dtype)
     np.save(output, embeddings)
     print(f"wrote {len(embeddings)} embeddings to {output}", file=sys.stderr)
 
@@ -197,6 +201,13 @@ def _add_common(command: argparse.ArgumentParser, batch_size: int) -> None:
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_embedding_output(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--normalize-embeddings", action="store_true",
+                         help="write unit-length rows (for cosine / dot-product retrieval)")
+    command.add_argument("--output-dtype", default="float32", choices=["float32", "float16"],
+                         help="dtype of the written .npy (default: %(default)s)")
+
+
 def _add_generation(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam-size", type=int, default=5)
     command.add_argument("--max-seq-len", type=int, default=None,
@@ -233,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--input", default="-", help="text file, or - for standard input")
     encode.add_argument("--output", help="the .npy to write (default: INPUT.npy)")
     encode.add_argument("--batch-max-tokens", type=int, default=None)
+    _add_embedding_output(encode)
     _add_common(encode, batch_size=64)
     encode.set_defaults(run=_encode)
 
@@ -244,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--output", help="the .npy to write (default: INPUT.npy for one input)")
     speech.add_argument("--batch-max-frames", type=int, default=None,
                         help="bound on rows × longest utterance per batch, in 10 ms frames")
+    _add_embedding_output(speech)
     _add_common(speech, batch_size=16)
     speech.set_defaults(run=_speech_encode)
 
