@@ -21,7 +21,7 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = convert_checkpoint(args.src, args.out_dir, args.model, tokenizer=args.tokenizer,
                              langs=langs_from_arg(args.langs), num_heads=args.num_heads,
-                             dtype=args.dtype)
+                             dtype=args.dtype, embedding_dim=args.embedding_dim)
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="new directory to create (must not exist)")
     convert.add_argument("--model", required=True,
-                         choices=["text_encoder", "text_decoder", "speech_encoder"])
+                         choices=["text_encoder", "text_decoder", "speech_encoder", "blaser",
+                                  "mutox"])
     convert.add_argument("--num-heads", type=int, default=16,
                          help="attention heads (not inferable from shapes; released models: "
                               "16; for a speech encoder, the pooler's)")
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                          help="dtype of the stored parameters (bfloat16 also makes it the "
                               "default compute dtype when loading)")
+    convert.add_argument("--embedding-dim", type=int, default=None,
+                         help="blaser: width of the SONAR embeddings it scores, when the file "
+                              "fits both forms (default: 1024 where that fits)")
     convert.set_defaults(run=_convert)
 
     encode = commands.add_parser("encode", help="embed sentences (one a line) into a .npy")
