@@ -13,6 +13,12 @@ _EXPORTS = {
     "TopPSampler": "sonar_jax.generate",
     "load_model": "sonar_jax.model_dir",
     "NllbTokenizer": "sonar_jax.tokenizer",
+    "BlaserPipeline": "sonar_jax.scoring_pipelines",
+    "MutoxClassifierPipeline": "sonar_jax.scoring_pipelines",
+    "MutoxSpeechClassifierPipeline": "sonar_jax.scoring_pipelines",
+    "load_blaser_model": "sonar_jax.scoring_pipelines",
+    "load_mutox_model": "sonar_jax.scoring_pipelines",
+    "similarity": "sonar_jax.cosine",
 }
 
 __all__ = sorted(_EXPORTS)

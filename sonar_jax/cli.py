@@ -23,7 +23,7 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = convert_checkpoint(args.src, args.out_dir, args.model, tokenizer=args.tokenizer,
                              langs=langs_from_arg(args.langs), num_heads=args.num_heads,
-                             dtype=args.dtype)
+                             dtype=args.dtype, embedding_dim=args.embedding_dim)
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -60,7 +60,9 @@ def _encode(args: argparse.Namespace) -> None:
         count = streaming.encode_file(pipeline, source, output, args.lang,
                                       batch_size=args.batch_size,
                                       batch_max_tokens=args.batch_max_tokens,
-                                      progress=not args.quiet)
+                                      progress=not args.quiet,
+                                      normalize_embeddings=args.normalize_embeddings,
+                                      output_dtype=args.output_dtype)
     print(f"wrote {count} embeddings to {output}", file=sys.stderr)
 
 
@@ -142,9 +144,92 @@ def _speech_encode(args: argparse.Namespace) -> None:
     pipeline = SpeechToEmbeddingModelPipeline(args.model, dtype=args.dtype)
     embeddings = pipeline.predict(paths, batch_size=args.batch_size,
                                   batch_max_frames=args.batch_max_frames,
-                                  progress_bar=not args.quiet)
+                                  progress_bar=not args.quiet,
+                                  normalize_embeddings=args.normalize_embeddings,
+                                  output_dtype=args.output_dtype)
     np.save(output, embeddings)
     print(f"wrote {len(embeddings)} embeddings to {output}", file=sys.stderr)
+
+
+def _load_embeddings(path: str, flag: str, text_hint: str):
+    """The [N, D] array of a .npy file given to `flag`, with errors that name both."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError:
+        raise ValueError(f"{flag} {path} is not a .npy array of embeddings; {text_hint}") from None
+
+
+def _write_scores(scores, output: str, overwrite: bool) -> None:
+    with _sink(output, overwrite) as sink:
+        sink.writelines(f"{float(score):.7g}\n" for score in scores)
+
+
+def _blaser(args: argparse.Namespace) -> None:
+    from sonar_jax.scoring_pipelines import BlaserPipeline
+
+    text_only = {"--src-lang": args.src_lang, "--mt-lang": args.mt_lang,
+                 "--ref-lang": args.ref_lang}
+    if args.encoder is None and any(v is not None for v in text_only.values()):
+        given = "/".join(k for k, v in text_only.items() if v is not None)
+        raise ValueError(f"{given}: languages are for text files, which need --encoder DIR; "
+                         "without it --src/--mt/--ref are .npy embeddings")
+    if args.encoder is not None and (args.src_lang is None or args.mt_lang is None):
+        raise ValueError("scoring text needs --src-lang and --mt-lang (e.g. eng_Latn, fra_Latn)")
+    if args.output != "-":
+        _check_new(args.output, args.overwrite)
+    pipeline = BlaserPipeline(args.model, encoder=args.encoder, dtype=args.dtype)
+    if args.encoder is None:
+        arrays = {name: None if path is None else _load_embeddings(
+                      path, f"--{name}", "to score text files, pass --encoder DIR")
+                  for name, path in (("src", args.src), ("mt", args.mt), ("ref", args.ref))}
+        scores = pipeline.score(**arrays, batch_size=args.batch_size,
+                                progress_bar=not args.quiet)
+    else:
+        scores = pipeline.predict(args.src, args.mt, args.src_lang, args.mt_lang, ref=args.ref,
+                                  ref_lang=args.ref_lang, batch_size=args.batch_size,
+                                  progress_bar=not args.quiet)
+    _write_scores(scores, args.output, args.overwrite)
+
+
+def _mutox(args: argparse.Namespace) -> None:
+    from sonar_jax import scoring_pipelines
+
+    companions = {"--text": {"--lang": args.lang, "--encoder": args.encoder},
+                  "--speech-manifest": {"--speech-encoder": args.speech_encoder}}
+    source = next(flag for flag, value in (("--embeddings", args.embeddings),
+                                           ("--text", args.text),
+                                           ("--speech-manifest", args.speech_manifest))
+                  if value is not None)
+    for input_flag, flags in companions.items():
+        for flag, value in flags.items():
+            if input_flag == source and value is None:
+                raise ValueError(f"{source} needs {flag}")
+            if input_flag != source and value is not None:
+                raise ValueError(f"{flag} goes with {input_flag}, not {source}")
+    if args.output != "-":
+        _check_new(args.output, args.overwrite)
+    progress = dict(batch_size=args.batch_size, progress_bar=not args.quiet)
+    if source == "--speech-manifest":
+        from sonar_jax.data.speech import read_manifests
+
+        clips = read_manifests(args.speech_manifest.split(","))
+        pipeline = scoring_pipelines.MutoxSpeechClassifierPipeline(
+            args.model, args.speech_encoder, dtype=args.dtype)
+        scores = pipeline.predict([clip.audio for clip in clips], args.output_prob, **progress)
+    else:
+        pipeline = scoring_pipelines.MutoxClassifierPipeline(args.model, encoder=args.encoder,
+                                                             dtype=args.dtype)
+        if source == "--text":
+            scores = pipeline.predict(args.text, args.lang, args.output_prob, **progress)
+        else:
+            embeddings = _load_embeddings(args.embeddings, "--embeddings",
+                                          "to score a text file, pass --text FILE")
+            scores = pipeline.classify(embeddings, args.output_prob, **progress)
+    _write_scores(scores, args.output, args.overwrite)
 
 
 def _decode(args: argparse.Namespace) -> None:
@@ -247,6 +332,20 @@ def _add_common(command: argparse.ArgumentParser, batch_size: int) -> None:
     command.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_embedding_output(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--normalize-embeddings", action="store_true",
+                         help="write unit-length rows (for cosine / dot-product retrieval)")
+    command.add_argument("--output-dtype", default="float32", choices=["float32", "float16"],
+                         help="dtype of the written .npy (default: %(default)s)")
+
+
+def _add_scoring(command: argparse.ArgumentParser, model_help: str, run) -> None:
+    command.add_argument("--model", required=True, help=model_help)
+    command.add_argument("--output", default="-", help="scores file, or - for standard output")
+    _add_common(command, batch_size=64)
+    command.set_defaults(run=run)
+
+
 def _add_generation(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam-size", type=int, default=5)
     command.add_argument("--max-seq-len", type=int, default=None,
@@ -268,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="new directory to create (must not exist)")
     convert.add_argument("--model", required=True,
-                         choices=["text_encoder", "text_decoder", "speech_encoder"])
+                         choices=["text_encoder", "text_decoder", "speech_encoder", "blaser",
+                                  "mutox"])
     convert.add_argument("--num-heads", type=int, default=16,
                          help="attention heads (not inferable from shapes; released models: "
                               "16; for a speech encoder, the pooler's)")
@@ -281,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                          help="dtype of the stored parameters (bfloat16 also makes it the "
                               "default compute dtype when loading)")
+    convert.add_argument("--embedding-dim", type=int, default=None,
+                         help="blaser: width of the SONAR embeddings it scores, when the file "
+                              "fits both forms (default: 1024 where that fits)")
     convert.set_defaults(run=_convert)
 
     encode = commands.add_parser("encode", help="embed sentences (one a line) into a .npy")
@@ -289,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--input", default="-", help="text file, or - for standard input")
     encode.add_argument("--output", help="the .npy to write (default: INPUT.npy)")
     encode.add_argument("--batch-max-tokens", type=int, default=None)
+    _add_embedding_output(encode)
     _add_common(encode, batch_size=64)
     encode.set_defaults(run=_encode)
 
@@ -342,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--output", help="the .npy to write (default: INPUT.npy for one input)")
     speech.add_argument("--batch-max-frames", type=int, default=None,
                         help="bound on rows × longest utterance per batch, in 10 ms frames")
+    _add_embedding_output(speech)
     _add_common(speech, batch_size=16)
     speech.set_defaults(run=_speech_encode)
 
@@ -364,6 +469,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation(translate)
     _add_common(translate, batch_size=16)
     translate.set_defaults(run=_translate)
+
+    blaser = commands.add_parser(
+        "blaser", help="BLASER 2.0 translation quality, one score per line (about 1-5)")
+    _add_scoring(blaser, "converted BLASER directory (qe or ref)", run=_blaser)
+    blaser.add_argument("--src", required=True, help="source: text file (with --encoder) or .npy")
+    blaser.add_argument("--mt", required=True, help="translations, aligned with --src")
+    blaser.add_argument("--ref", help="reference translations (the reference-based model only)")
+    blaser.add_argument("--encoder", help="converted text encoder: --src/--mt/--ref are text "
+                                          "files, one segment a line")
+    blaser.add_argument("--src-lang", help="language of --src, e.g. eng_Latn (text input)")
+    blaser.add_argument("--mt-lang", help="language of --mt, e.g. fra_Latn (text input)")
+    blaser.add_argument("--ref-lang", help="language of --ref (default: --mt-lang)")
+
+    mutox = commands.add_parser("mutox", help="MuTox toxicity, one score per line")
+    _add_scoring(mutox, "converted MuTox directory", run=_mutox)
+    inputs = mutox.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--embeddings", help=".npy of SONAR embeddings [N, D]")
+    inputs.add_argument("--text", help="text file, one sentence a line (with --lang, --encoder)")
+    inputs.add_argument("--speech-manifest", help="TSV manifest(s) (audio, transcription[, lang]),"
+                                                  " comma-separated (with --speech-encoder)")
+    mutox.add_argument("--lang", help="language of --text, e.g. eng_Latn")
+    mutox.add_argument("--encoder", help="converted text encoder (for --text)")
+    mutox.add_argument("--speech-encoder", help="converted speech encoder (for --speech-manifest)")
+    mutox.add_argument("--output-prob", action="store_true",
+                       help="probabilities (sigmoid) instead of logits")
 
     evaluate = commands.add_parser(
         "evaluate", help="xsim/xsim++ retrieval, BLEU/chrF, speech-to-text retrieval")

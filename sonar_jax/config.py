@@ -152,6 +152,64 @@ class SpeechModelConfig(_DictConfig):
                                attention=self.attention)
 
 
+# BLASER 2.0's input forms, as the reference names them -> embeddings the MLP's input spans.
+BLASER_INPUT_FORMS = {"QE": 4, "COMET": 6}
+
+
+def _check_head_sizes(cfg: Any, width_field: str) -> None:
+    """Shared checks of the scoring heads' configs; JSON lists become tuples (hashable configs)."""
+    object.__setattr__(cfg, "hidden_dims", tuple(int(d) for d in cfg.hidden_dims))
+    sizes = (getattr(cfg, width_field), *cfg.hidden_dims)
+    if min(sizes) <= 0:
+        raise ValueError(f"{type(cfg).__name__}: {width_field} and hidden_dims must be positive, "
+                         f"got {sizes}")
+    to_jnp_dtype(cfg.dtype)
+    to_jnp_dtype(cfg.param_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlaserConfig(_DictConfig):
+    """BLASER 2.0: a tanh MLP over features of source, translation and (COMET form) reference
+    embeddings, each L2-normalised first when `norm_emb` (both released models: True).
+
+    `input_form` keeps the reference's names: "QE" (`blaser_2_0_qe`, no reference) and "COMET"
+    (`blaser_2_0_ref`). The output layer has one unit (the score) and no activation.
+    """
+
+    input_form: str = "QE"
+    embedding_dim: int = 1024
+    hidden_dims: tuple[int, ...] = (3072, 1536)
+    norm_emb: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.input_form not in BLASER_INPUT_FORMS:
+            raise ValueError(f"unknown BLASER input_form {self.input_form!r}; expected one of "
+                             f"{sorted(BLASER_INPUT_FORMS)}")
+        _check_head_sizes(self, "embedding_dim")
+
+    @property
+    def input_dim(self) -> int:
+        return self.embedding_dim * BLASER_INPUT_FORMS[self.input_form]
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.input_form == "COMET"
+
+
+@dataclasses.dataclass(frozen=True)
+class MutoxConfig(_DictConfig):
+    """MuTox: a ReLU MLP from one embedding to a toxicity logit (released 1024-512-128-1)."""
+
+    input_size: int = 1024
+    hidden_dims: tuple[int, ...] = (512, 128)
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_head_sizes(self, "input_size")
+
 
 def load_config_file(name_or_path: str, *args: Any):
     """Loads `get_config(*args)` from a file in `configs/` (by name, e.g. 'text_basic') or by

@@ -1,12 +1,13 @@
 """Converted model directories: self-contained, written atomically, loaded without torch.
 
 Layout:
-    config.json        {"format": 2, "kind": "text_encoder"|"text_decoder"|"speech_encoder",
-                        "model": {...}}
+    config.json        {"format": 2, "kind": "text_encoder"|"text_decoder"|"speech_encoder"|
+                        "blaser"|"mutox", "model": {...}}
     params/            orbax parameter tree (sonar_jax.checkpoint)
     tokenizer.model    the SentencePiece model (text models only)
     langs.txt          the language list, one code a line (its order fixes the language ids;
-                       text models only: a speech encoder reads audio, not tokens)
+                       text models only: a speech encoder reads audio, not tokens, and the
+                       scoring heads read embeddings)
 
 Format 2 stores each attention's q/k/v projections fused (`qkv_proj`, see
 `sonar_jax.models.qkv_layout`); format-1 directories, which hold them apart, are fused when loaded.
@@ -25,14 +26,16 @@ from typing import Any, Iterator, Sequence
 from flax import nnx
 
 from sonar_jax import checkpoint
-from sonar_jax.config import SpeechModelConfig, TextModelConfig
+from sonar_jax.config import BlaserConfig, MutoxConfig, SpeechModelConfig, TextModelConfig
 from sonar_jax.models import qkv_layout
 from sonar_jax.tokenizer import NllbTokenizer
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: q/k/v projections stored apart
 CONFIG_CLASSES = {"text_encoder": TextModelConfig, "text_decoder": TextModelConfig,
-                  "speech_encoder": SpeechModelConfig}
+                  "speech_encoder": SpeechModelConfig, "blaser": BlaserConfig,
+                  "mutox": MutoxConfig}
+TEXT_KINDS = ("text_encoder", "text_decoder")  # the kinds that carry a tokenizer
 CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
 
 
@@ -58,11 +61,10 @@ def atomic_directory(out_dir: str | pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def write_model_dir(out_dir: str | pathlib.Path, kind: str,
-                    cfg: TextModelConfig | SpeechModelConfig, params: Any,
-                    tokenizer: NllbTokenizer | None) -> pathlib.Path:
+                    cfg: Any, params: Any, tokenizer: NllbTokenizer | None) -> pathlib.Path:
     """Writes a converted model directory; a text model's tokenizer must match its vocabulary,
-    a speech encoder has none."""
-    if (tokenizer is None) != (kind == "speech_encoder"):
+    other kinds have none."""
+    if (tokenizer is None) == (kind in TEXT_KINDS):
         raise ValueError(f"a {kind} directory " + ("has no tokenizer" if tokenizer is not None
                                                     else "needs its tokenizer"))
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
@@ -96,7 +98,7 @@ def _read_config_file(model_dir: str | pathlib.Path) -> dict:
 
 
 def read_config(model_dir: str | pathlib.Path
-                ) -> tuple[str, TextModelConfig | SpeechModelConfig]:
+                ) -> tuple[str, Any]:
     """(kind, config) of a converted directory, with errors that say what is wrong."""
     config = _read_config_file(model_dir)
     return config["kind"], CONFIG_CLASSES[config["kind"]].from_dict(config["model"])
@@ -138,6 +140,7 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
     sharding: as in `checkpoint.restore_params`. No random initialisation happens: the module is
     built abstractly and its state replaced by the restored arrays.
     """
+    from sonar_jax.models.heads import BlaserModel, MutoxClassifier
     from sonar_jax.models.speech_encoder import SpeechEncoder
     from sonar_jax.models.text_decoder import TextDecoder
     from sonar_jax.models.text_encoder import TextEncoder
@@ -152,7 +155,8 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
         overrides["param_dtype"] = param_dtype
     cfg = cfg.replace(**overrides)
     model_cls = {"text_encoder": TextEncoder, "text_decoder": TextDecoder,
-                 "speech_encoder": SpeechEncoder}[kind]
+                 "speech_encoder": SpeechEncoder, "blaser": BlaserModel,
+                 "mutox": MutoxClassifier}[kind]
     abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, load_params(model_dir, dtype=cfg.param_dtype,

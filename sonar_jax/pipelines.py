@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax import batching
+from sonar_jax.cosine import as_output, check_embeddings, check_output_dtype
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
 from sonar_jax.model_dir import load_model, load_tokenizer
 from sonar_jax.models.layers import unstacked
@@ -152,12 +153,15 @@ class TextToEmbeddingModelPipeline:
 
     def predict(self, input: str | pathlib.Path | Sequence[str], source_lang: str,
                 batch_size: int | None = 5, batch_max_tokens: int | None = None,
-                max_seq_len: int | None = None, progress_bar: bool = False) -> np.ndarray:
-        """Embeddings [N, D] float32 in input order.
+                max_seq_len: int | None = None, progress_bar: bool = False, *,
+                normalize_embeddings: bool = False, output_dtype: str = "float32") -> np.ndarray:
+        """Embeddings [N, D] in input order; `normalize_embeddings`: unit-length rows;
+        `output_dtype`: "float32" or "float16".
 
         The input is tokenized in windows of `TOKENIZE_WINDOW` sentences, each while the
         previous one is being encoded (a thread); batches are packed by length within a window.
         """
+        check_output_dtype(output_dtype)
         sentences = read_sentences(input)
         self._limit(max_seq_len)  # a bad limit fails before any work
         self.tokenizer.lang_id(source_lang)
@@ -174,7 +178,8 @@ class TextToEmbeddingModelPipeline:
                     result[start + indices] = embeddings
                     bar.update(len(indices))
         _warn_truncated(truncated, len(sentences), self._limit(max_seq_len))
-        return result
+        return as_output(result, normalize_embeddings=normalize_embeddings,
+                         output_dtype=output_dtype)
 
 
 # Sentences tokenized at a time by TextToEmbeddingModelPipeline.predict (length-sorted within).
@@ -217,15 +222,7 @@ class EmbeddingToTextModelPipeline:
         self._replicated = None
 
     def _check_embeddings(self, embeddings) -> np.ndarray:
-        array = np.asarray(embeddings, dtype=np.float32)
-        width = self.model.cfg.model_dim
-        if array.ndim != 2 or array.shape[1] != width:
-            raise ValueError(f"embeddings must have shape [N, {width}] for this decoder, "
-                             f"got {list(array.shape)}")
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        if bad.size:
-            raise ValueError(f"embeddings contain NaN or inf in rows {bad[:10].tolist()}")
-        return array
+        return check_embeddings(embeddings, width=self.model.cfg.model_dim, reader="this decoder")
 
     def max_len_for(self, source_len: int, max_seq_len: int | None,
                     max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax import audio, batching
+from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.pipelines import (DEFAULT_MAX_GEN_LEN, EmbeddingToTextModelPipeline, _encode,
                                  _model, _progress)
@@ -84,10 +85,15 @@ class SpeechToEmbeddingModelPipeline:
 
     def predict(self, input: Sequence, batch_size: int | None = 3,
                 batch_max_frames: int | None = None, progress_bar: bool = False,
-                sample_rate: int | None = None) -> np.ndarray:
-        """`batch_max_frames` bounds rows × longest utterance (in 10 ms fbank frames)."""
-        return self.embed(self.features(input, sample_rate), batch_size=batch_size,
-                          batch_max_frames=batch_max_frames, progress_bar=progress_bar)
+                sample_rate: int | None = None, *, normalize_embeddings: bool = False,
+                output_dtype: str = "float32") -> np.ndarray:
+        """`batch_max_frames` bounds rows × longest utterance (in 10 ms fbank frames);
+        `normalize_embeddings`: unit-length rows; `output_dtype`: "float32" or "float16"."""
+        check_output_dtype(output_dtype)
+        embeddings = self.embed(self.features(input, sample_rate), batch_size=batch_size,
+                                batch_max_frames=batch_max_frames, progress_bar=progress_bar)
+        return as_output(embeddings, normalize_embeddings=normalize_embeddings,
+                         output_dtype=output_dtype)
 
     def embed(self, fbanks: Sequence[np.ndarray], **batching_args) -> np.ndarray:
         result = np.zeros((len(fbanks), self.model.cfg.model_dim), np.float32)

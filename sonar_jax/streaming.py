@@ -18,6 +18,8 @@ from typing import IO, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from sonar_jax.cosine import as_output, check_output_dtype
+
 DEFAULT_CHUNK = 8192  # sentences per chunk: sorted and batched together
 
 
@@ -53,18 +55,23 @@ def _bar(total: int, unit: str, enabled: bool) -> tqdm:
 
 def encode_file(pipeline, source: pathlib.Path, output: pathlib.Path, lang: str, *,
                 batch_size: int | None, batch_max_tokens: int | None,
-                chunk: int = DEFAULT_CHUNK, progress: bool = True) -> int:
-    """Embeds every line of `source` into `output` (.npy, float32 [N, D]); returns N."""
+                chunk: int = DEFAULT_CHUNK, progress: bool = True,
+                normalize_embeddings: bool = False, output_dtype: str = "float32") -> int:
+    """Embeds every line of `source` into `output` (.npy [N, D] of `output_dtype`, rows of unit
+    length with `normalize_embeddings`); returns N."""
+    check_output_dtype(output_dtype)
     total = count_lines(source)
     dim = pipeline.model.cfg.model_dim
-    out = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=(total, dim))
+    out = np.lib.format.open_memmap(output, mode="w+", dtype=output_dtype, shape=(total, dim))
     start = 0
     with _bar(total, "sent", progress) as bar:
         for sentences in line_chunks(source, chunk):
             tokens = pipeline.tokenize(sentences, lang)
             for indices, embeddings in pipeline.embed_tokens(
                     tokens, batch_size=batch_size, batch_max_tokens=batch_max_tokens):
-                out[start + indices] = embeddings
+                out[start + indices] = as_output(embeddings,
+                                                 normalize_embeddings=normalize_embeddings,
+                                                 output_dtype=output_dtype)
                 bar.update(len(indices))
             start += len(sentences)
     out.flush()

@@ -4,35 +4,45 @@ from __future__ import annotations
 
 import pathlib
 
-from sonar_jax.convert import speech, text
+from sonar_jax.convert import heads, speech, text
 from sonar_jax.convert.torch_pickle import open_checkpoint
 from sonar_jax.model_dir import write_model_dir
 from sonar_jax.tokenizer import NllbTokenizer
 
-KINDS = ("text_encoder", "text_decoder", "speech_encoder")
+KINDS = ("text_encoder", "text_decoder", "speech_encoder", "blaser", "mutox")
 
 
 def convert_checkpoint(src: str | pathlib.Path, out_dir: str | pathlib.Path, kind: str, *,
                        tokenizer: str | pathlib.Path | None = None,
                        langs: list[str] | None = None, num_heads: int = 16,
-                       dtype: str = "float32") -> pathlib.Path:
+                       dtype: str = "float32", embedding_dim: int | None = None) -> pathlib.Path:
     """Converts a released `.pt` file into a self-contained directory at `out_dir`.
 
-    Text models need their SentencePiece model (`tokenizer`); speech encoders have none. Released
-    speech files also hold training state (optimizer, config objects): those objects are skipped
-    without being imported, and only the model's tensors are read. Nothing is written at
-    `out_dir` unless the whole conversion succeeds.
+    Text models need their SentencePiece model (`tokenizer`); speech encoders and the scoring
+    heads (BLASER, MuTox) have none. Released speech files also hold training state (optimizer,
+    config objects): such objects are skipped without being imported, and only the model's
+    tensors are read. `embedding_dim` settles a BLASER file whose input width fits both its
+    forms (`heads.blaser_input_form`). Nothing is written at `out_dir` unless the whole
+    conversion succeeds.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown --model {kind!r}; expected one of {list(KINDS)}")
-    if kind == "speech_encoder":
+    if embedding_dim is not None and kind != "blaser":
+        raise ValueError("--embedding-dim is for --model blaser only")
+    if kind not in text.KINDS:
         if tokenizer is not None or langs is not None:
-            raise ValueError("a speech encoder has no tokenizer: drop --tokenizer/--langs (the "
-                             "text decoder used for speech-to-text brings its own)")
+            raise ValueError(f"a {kind} has no tokenizer (it reads "
+                             f"{'audio' if kind == 'speech_encoder' else 'embeddings'}): drop "
+                             "--tokenizer/--langs (the text model used with it brings its own)")
         with open_checkpoint(src, skip_unknown=True) as ckpt:
             state_dict = text.find_state_dict(ckpt.root, str(src))
-            cfg, params = speech.convert_state_dict(state_dict, num_heads=num_heads, dtype=dtype,
-                                                    source=str(src))
+            if kind == "speech_encoder":
+                cfg, params = speech.convert_state_dict(state_dict, num_heads=num_heads,
+                                                        dtype=dtype, source=str(src))
+            else:
+                cfg, params = heads.convert_state_dict(state_dict, kind,
+                                                       embedding_dim=embedding_dim, dtype=dtype,
+                                                       source=str(src))
         return write_model_dir(out_dir, kind, cfg, params, None)
     if tokenizer is None:
         raise ValueError(f"a {kind} needs its SentencePiece model: pass --tokenizer")

@@ -52,7 +52,7 @@ def find_state_dict(root: Any, source: str) -> dict:
             break
     tensors = {k.removeprefix("module."): v for k, v in root.items() if hasattr(v, "shape")}
     if not tensors:
-        raise ConversionError(f"{source}: found no tensors; expected a SONAR text state dict "
+        raise ConversionError(f"{source}: found no tensors; expected a SONAR state dict "
                               f"(top-level keys: {sorted(map(str, root))[:10]})")
     return tensors
 
