@@ -149,12 +149,12 @@ def _pure_step(decoder: IncrementalDecoder):
 
 
 # The cache starts this small and doubles while generation goes on (see `staged_while`).
-FIRST_CACHE_STAGE = 64
+FIRST_CACHE_STAGE = 16
 
 
 def cache_stages(capacity: int) -> list[int]:
-    """The cache sizes generation runs through: 64, 128, ... while at most half the capacity,
-    then the capacity (66 -> [66]; 512 -> [64, 128, 256, 512])."""
+    """The cache sizes generation runs through: 16, 32, ... while at most half the capacity,
+    then the capacity (24 -> [24]; 66 -> [16, 32, 66]; 512 -> [16, 32, ..., 256, 512])."""
     stages, size = [], FIRST_CACHE_STAGE
     while 2 * size <= capacity:
         stages.append(size)

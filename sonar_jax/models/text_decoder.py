@@ -82,23 +82,24 @@ class DecoderLayer(nnx.Module):
 
     def decode(self, x: jax.Array, cross: jax.Array, keys: jax.Array, values: jax.Array,
                origin: jax.Array, start: jax.Array, history: bool = True):
-        """T new positions x [N·G, T, D] at start..: writes their keys/values into the cache
-        buffers [N, H, G, S, Dh] (one dynamic_update_slice each, in place, after attending over
-        the history they hold; `history` False: the buffers are empty). Returns
-        (x, keys, values)."""
+        """T new positions x [N·G, T, D] at start..: writes their keys and values into the cache
+        buffers (keys [N, H, Dh, G, S], values [N, H, G, S, Dh]; one dynamic_update_slice each,
+        in place, after attending over the history they hold; `history` False: the buffers are
+        empty). Returns (x, keys, values)."""
         attn = self.self_attn
-        num, _, group = keys.shape[:3]
+        num, group = origin.shape[:2]
         q, k, v = (t.reshape(num, group, *t.shape[1:])  # [N, G, T, H, Dh]
                    for t in attn.project_qkv(self.self_attn_layer_norm(x)))
 
         out = cached_attention(q, k, v, keys if history else None, values if history else None,
                                origin, start)
 
-        def write(cache, new):  # new [N, G, T, H, Dh] -> cache[:, :, :, start:start+T]
-            new = jnp.transpose(_after(new, out), (0, 3, 1, 2, 4)).astype(cache.dtype)
-            return jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=3)
+        def write(cache, new, layout):  # new [N, G, T, H, Dh] -> the cache's positions start..
+            new = jnp.transpose(_after(new, out), layout).astype(cache.dtype)
+            return jax.lax.dynamic_update_slice_in_dim(cache, new, start,
+                                                       axis=layout.index(2))
 
-        keys, values = write(keys, k), write(values, v)
+        keys, values = write(keys, k, (0, 3, 1, 2, 4)), write(values, v, (0, 3, 1, 2, 4))
         attended = attn.merge_heads(out.reshape(num * group, *out.shape[2:]))
         return self._rest(x, attended, cross), keys, values
 
@@ -187,14 +188,15 @@ class IncrementalDecoder(nnx.Module):
         if rows % group:
             raise ValueError(f"{rows} embedding rows are not a multiple of the group size {group}")
         num = rows // group
-        shape = (num, cfg.num_heads, group, capacity, cfg.head_dim)
         dtype = to_jnp_dtype(cfg.dtype)
         e = embeddings.astype(dtype)
-        empty = tuple(jnp.zeros(shape, dtype) for _ in self.layers)
+        empty = lambda *shape: tuple(jnp.zeros(shape, dtype) for _ in self.layers)  # noqa: E731
+        keys = empty(num, cfg.num_heads, group, capacity, cfg.head_dim)
+        values = empty(num, cfg.num_heads, group, capacity, cfg.head_dim)
         cross = tuple(layer.cross_attention_values(e) for layer in self.layers)
         origin = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32)[None, :, None],
                                   (num, group, capacity))
-        cache = DecoderCache(empty, empty, cross, origin, jnp.zeros((), jnp.int32))
+        cache = DecoderCache(keys, values, cross, origin, jnp.zeros((), jnp.int32))
         return self._run(tokens, cache, history=False)
 
     def step(self, tokens: jax.Array, cache: DecoderCache) -> tuple[jax.Array, DecoderCache]:
