@@ -1,5 +1,5 @@
-"""The speech encoder: our jitted SpeechEncoder (fbank frames -> pooled embedding; the
-attention pooler included) against HF `SeamlessM4TSpeechEncoder` (its feature projection and
+"""The speech encoder: our SpeechEncoder as the pipeline compiles it (fbank frames -> pooled
+embedding; the attention pooler included) against HF `SeamlessM4TSpeechEncoder` (its feature projection and
 Conformer; HF has no pooler, so the peer does a little less work) on the same weights.
 
 Inputs: random fbank features of `seconds` of audio per utterance (100 frames/s), unpadded,
@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import harness, suites
-from sonar_jax import speech_pipelines
+from sonar_jax import pipelines, speech_pipelines
 from sonar_jax.models.speech_encoder import SpeechEncoder, stack_frames
 
 def run(suite: suites.Suite, args) -> dict:
@@ -31,8 +31,7 @@ def run(suite: suites.Suite, args) -> dict:
     fbank = np.random.default_rng(0).standard_normal((utterances, frames, 80)).astype(np.float32)
     lengths = np.full(utterances, frames, np.int32)
     fbank_j, lengths_j = s2e.parallel.shard_rows(fbank, lengths)
-    graphdef, state = nnx.split(s2e.model)
-    embed = jax.jit(lambda s, x, n: nnx.merge(graphdef, s)(x, n).sentence_embeddings)
+    graphdef, state = s2e._graphdef, s2e._state
     stacked, _ = stack_frames(jnp.asarray(fbank), jnp.asarray(lengths), cfg.fbank_stride)
     stacked_t = torch.from_numpy(np.array(stacked)).to(peer.device, getattr(torch, suite.dtype))
     mask_t = torch.ones(stacked_t.shape[:2], dtype=torch.long, device=peer.device)
@@ -44,8 +43,8 @@ def run(suite: suites.Suite, args) -> dict:
     record = {"workload": "speech", "speech_config": cfg.to_dict(), "utterances": utterances,
               "seconds": seconds,
               "parity": parity(graphdef, state, fbank_j, lengths_j, hf, suite),
-              **harness.compare({"ours": harness.jax_ready(lambda: embed(state, fbank_j,
-                                                                         lengths_j)),
+              **harness.compare({"ours": harness.jax_ready(lambda: pipelines._encode(
+                                     graphdef, state, fbank_j, lengths_j)),
                                  "peer": harness.torch_ready(hf)},
                                 args.repeats, wait_for_idle_s=args.wait_for_idle)}
     harness.add_rates(record, {"utterances": utterances, "audio_seconds": utterances * seconds})

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax import batching
+from sonar_jax.compiled import inference_jit
 from sonar_jax.cosine import as_output, check_embeddings, check_output_dtype
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
 from sonar_jax.model_dir import load_model, load_tokenizer
@@ -81,7 +82,7 @@ def _progress(total: int, enabled: bool, unit: str):
                 dynamic_ncols=True)
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
+@functools.partial(inference_jit, static_argnames="graphdef")
 def _encode(graphdef, state, tokens, lengths):
     return nnx.merge(graphdef, state)(tokens, lengths).sentence_embeddings
 
