@@ -3,12 +3,13 @@
 #
 #   benchmarks/gpu_run.sh inference   # encode, encode_corpus, decode, speech (released shapes)
 #   benchmarks/gpu_run.sh train       # the train step against torch, then XLA flags one by one
+#   benchmarks/gpu_run.sh remat       # our train step under each remat policy (no peer)
 #
 # Results go to a tarball in $OUT (default benchmarks/results/) holding every JSON record, the
 # markdown tables and the logs. The image lacks ml-collections (the training config): carry its
 # wheel in .whl/ (README). A part can be dry-run on a CPU with `TINY=1 JAX_PLATFORMS=cpu`.
 set -uo pipefail
-part=${1:?usage: benchmarks/gpu_run.sh inference|train}
+part=${1:?usage: benchmarks/gpu_run.sh inference|train|remat}
 out=${OUT:-benchmarks/results}
 work=$(mktemp -d)
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -38,6 +39,8 @@ case $part in
       name=train_flag_$(echo "$flags" | tr -c 'a-z0-9\n' '_' | sed 's/^_*//')
       XLA_FLAGS="$flags" bench "$name" --only train --no-peer
     done ;;
+  remat)
+    bench remat --only train --no-peer --train-remat none,dots,attention,full ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 mkdir -p "$out"

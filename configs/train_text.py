@@ -31,7 +31,7 @@ def get_config(variant: str = "basic") -> ml_collections.ConfigDict:
         arch=ARCHS[variant],
         dtype="float32" if small else "bfloat16",
         param_dtype="float32",
-        remat_policy="none" if small else "full",  # none | full | dots | dots_saveable
+        remat_policy="none" if small else "full",  # none | full | dots | dots_saveable | attention
         pad_idx=0,
         eos_idx=3,
     ))

@@ -122,7 +122,7 @@ def test_remat_policies_give_identical_gradients():
         return jax.jit(jax.grad(loss))(params)
 
     base = grads("none")
-    for policy in ("full", "dots"):
+    for policy in ("full", "dots", "attention"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), base,
                      grads(policy))
 

@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from sonar_jax.config import SpeechModelConfig, to_jnp_dtype
 from sonar_jax.models.attention import dot_product_attention
-from sonar_jax.models.layers import QKVProjection, axes_metadata, layer_norm, linear
+from sonar_jax.models.layers import (ATTENTION_OUTPUT, QKVProjection, axes_metadata, layer_norm,
+                                     linear)
 
 
 def relative_position_table(seq_len: int, dim: int) -> jax.Array:
@@ -84,6 +86,7 @@ class RelativePositionAttention(nnx.Module):
         q_u = q + self.u_bias[...].astype(dtype)
         out = dot_product_attention(q_u, k, v, implementation=self.implementation, bias=bias,
                                     key_lengths=seq_lens)
+        out = checkpoint_name(out, ATTENTION_OUTPUT)
         return self.output_proj(out.reshape(*out.shape[:-2], -1))
 
 

@@ -20,16 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from sonar_jax.config import TextModelConfig, to_jnp_dtype
 from sonar_jax.models.attention import dot_product_attention
 from sonar_jax.sharding import constrain
+
+# Name of the attention outputs [B, T, H, Dh] for the "attention" remat policy, which keeps
+# them (the softmax and both products, the layer's quadratic part) and recomputes the rest.
+ATTENTION_OUTPUT = "attention_output"
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots_saveable": jax.checkpoint_policies.checkpoint_dots,
+    "attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUTPUT),
 }
 
 
@@ -193,7 +199,7 @@ class MultiheadAttention(nnx.Module):
             (q,), (k, v) = self.heads(self.qkv_proj(x, slice(0, 1))), self.project_kv(memory)
         out = dot_product_attention(q, k, v, implementation=self.implementation,
                                     key_lengths=key_lengths, is_causal=is_causal)
-        return self.merge_heads(out)
+        return self.merge_heads(checkpoint_name(out, ATTENTION_OUTPUT))
 
 
 class FeedForward(nnx.Module):
