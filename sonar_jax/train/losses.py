@@ -134,9 +134,9 @@ def _tied_ce_bwd(label_smoothing, residuals, grads: CESums):
         d_hidden = jnp.einsum("bcv,vd->bcd", d, table.astype(h.dtype),
                               preferred_element_type=jnp.float32).astype(h.dtype)
         d_table = d_table + jnp.einsum("bcv,bcd->vd", d, h, preferred_element_type=jnp.float32)
-        return d_table, d_hidden
+        return _like_table(d_table), d_hidden
 
-    d_table = jnp.zeros(table.shape, jnp.float32)
+    d_table = _like_table(jnp.zeros(table.shape, jnp.float32))
     d_table, d_hidden = jax.lax.scan(body, d_table, (hidden, labels, weights, logz))
     # The sums are linear in the weights.
     d_weights = sum(g[:, None] * t for g, t in zip(grads, (loss, nll, correct)))
@@ -145,6 +145,13 @@ def _tied_ce_bwd(label_smoothing, residuals, grads: CESums):
 
 
 _tied_ce.defvjp(_tied_ce_fwd, _tied_ce_bwd)
+
+
+def _like_table(d_table: jax.Array) -> jax.Array:
+    """The float32 table gradient, sharded as the table is (FSDP: along D): each chunk's
+    contribution is then reduce-scattered into it, and no device holds the whole [V, D]
+    accumulator (1 GiB at the released vocabulary)."""
+    return constrain(d_table, ("vocab", "embed"))
 
 
 def mse_sums(a: jax.Array, b: jax.Array, row_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
