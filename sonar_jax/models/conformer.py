@@ -131,15 +131,26 @@ class ConvolutionModule(nnx.Module):
         valid = jnp.arange(x.shape[1])[None, :] < seq_lens[:, None]
         x = jnp.where(valid[..., None], x, 0)
         x = jax.nn.glu(self.pointwise_conv1(x), axis=-1)
-        # PyTorch "same" padding: (K − 1) // 2 on the left, the rest on the right.
-        left = (self.kernel_size - 1) // 2
-        kernel = self.depthwise_conv[...].astype(x.dtype)[:, None, :]  # [K, 1, D]
-        x = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1,), padding=[(left, self.kernel_size - 1 - left)],
-            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x.shape[-1])
+        x = depthwise_conv(x, self.depthwise_conv[...])
         # Training mode (use_running_average=False) takes statistics over the valid frames only.
         x = jax.nn.silu(self.batch_norm(x, mask=jnp.broadcast_to(valid[..., None], x.shape)))
         return self.pointwise_conv2(x)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [B, T, D] convolved along T with one filter per channel, kernel [K, D], PyTorch's
+    "same" padding ((K − 1) // 2 frames on the left, the rest on the right), in float32.
+
+    Written as the sum of K shifted, scaled copies of x, which XLA fuses into one pass. As a
+    grouped `conv_general_dilated` it took 45% of the `cpu` suite's speech encoder on XLA:CPU
+    (about 100 ms a layer for 8 × 504 frames × 256 channels); this form takes a few ms.
+    """
+    size, length = kernel.shape[0], x.shape[1]
+    left = (size - 1) // 2
+    padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (left, size - 1 - left), (0, 0)))
+    kernel = kernel.astype(jnp.float32)
+    out = sum(padded[:, k:k + length] * kernel[k] for k in range(size))
+    return out.astype(x.dtype)
 
 
 class ConformerBlock(nnx.Module):
