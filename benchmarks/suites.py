@@ -39,7 +39,7 @@ class Suite:
     corpus_batch_size: int
     decode: tuple[tuple[int, int, int], ...]  # (sentences, new tokens, beam)
     speech_batch: tuple[int, float]  # utterances x seconds
-    train_variant: str  # configs/train_text.py variant
+    train_variant: str  # variant of the `text` recipe (sonar_jax/configs/text.py)
     train_batches: tuple[tuple[int, int], ...]  # rows x tokens per array
     repeats: int
     hbm_bytes_per_s: float | None  # the weight-read floor of a decode step (GPU only)

@@ -1,4 +1,4 @@
-"""The text multi-loss training step (MT + 0.1·MSE + 0.01·DAE, `configs/train_text.py`) against
+"""The text multi-loss training step (MT + 0.1·MSE + 0.01·DAE, the `text` recipe) against
 the same model and losses in PyTorch: HF `M2M100Encoder` / `M2M100Decoder` (output tied to the
 decoder's table) filled with our initial parameters, AdamW (fused on CUDA) with the same
 hyper-parameters and global-norm clipping; bf16 autocast over float32 weights on GPUs, float32
@@ -37,7 +37,7 @@ def batch(tok, rows: int, length: int) -> dict:
 
 def our_step(cfg, host_batch):
     """(one-step callable, trainer, initial params on the host)."""
-    from sonar_jax.train.text_step import TextTrainer
+    from sonar_jax.train.text import TextTrainer
 
     trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     state = trainer.init(int(cfg.train.seed))
@@ -140,7 +140,7 @@ def peak_memory_gb() -> dict:
 
 
 def run(suite: suites.Suite, args) -> dict:
-    from configs.train_text import get_config
+    from sonar_jax.configs.text import get_config
 
     tok = suites.tokenizer()
     record = {"workload": "train", "variant": suite.train_variant, "cases": []}

@@ -1,7 +1,7 @@
 """Ahead-of-time compile of the real text train step for a TPU slice, from any host (no TPU).
 
     pip install -e ".[tpu]"          # libtpu: the TPU compiler, usable on a CPU-only host
-    python launch/aot_compile.py --config=configs/train_text.py:basic --topology=v5p-64 \
+    python launch/aot_compile.py --config=text:basic --topology=v5p-64 \
         --config.mesh.fsdp=-1 --batch_rows=512 --length=128 [--find_max_batch]
 
 `jax.experimental.topologies.get_topology_desc` gives the (compile-only) devices of the named
@@ -353,7 +353,7 @@ def run(cfg: Any, topology: str, batch_rows: int = 0, length: int = 128, num_sli
     import jax
 
     from sonar_jax import sharding
-    from sonar_jax.train.text_step import TextTrainer
+    from sonar_jax.train.text import TextTrainer
 
     gen, topo_name = parse_topology(topology)
     devices = topology_devices(topo_name, num_slices)
@@ -434,6 +434,9 @@ def main(argv: Sequence[str]) -> dict:
     from absl import app, flags
     from ml_collections import config_flags
 
+    from sonar_jax.train.entry import resolve_config_flag
+
+    argv = resolve_config_flag(argv)
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
                                              lock_config=True, flag_values=fv,
@@ -464,7 +467,8 @@ def main(argv: Sequence[str]) -> dict:
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     if config.value is None or not topology.value:
-        raise app.UsageError("--config=FILE[:VARIANT] and --topology=NAME are required")
+        raise app.UsageError("--config=RECIPE[:VARIANT] (e.g. text:basic) and --topology=NAME "
+                             "are required")
     return run(config.value, topology.value, batch_rows=rows.value, length=length.value,
                num_slices=num_slices.value, hbm_gib=hbm.value, search=search.value,
                search_from_rows=search_from.value, bisect_steps=bisect.value,

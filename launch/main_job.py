@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_config(variant: str, steps: int, spm_path: pathlib.Path):
-    from configs.train_text import get_config
+    from sonar_jax.configs.text import get_config
 
     cfg = get_config(variant)
     cfg.tokenizer.spm = str(spm_path)
@@ -127,16 +127,15 @@ def plot_report(out: pathlib.Path, workdir: pathlib.Path, before: dict, after: d
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))  # configs/ is a folder of the repository, not a package
     import jax
 
-    from configs.train_text import get_config
     from sonar_jax import sharding
-    from sonar_jax.config import text_model_config
+    from sonar_jax.configs.architectures import text_model_config
+    from sonar_jax.configs.text import get_config
     from sonar_jax.pipelines import TextToEmbeddingModelPipeline, TextToTextModelPipeline
     from sonar_jax.tokenizer import train_sentencepiece
-    from sonar_jax.train.text_run import export_models, run_text_training, run_tokenizer
-    from sonar_jax.train.text_step import TextTrainer
+    from sonar_jax.train import text
+    from sonar_jax.train.runs import export_models, run_tokenizer
 
     out = args.out
     workdir = out / "train"
@@ -153,14 +152,14 @@ def main(argv=None) -> dict:
 
     initial = workdir / "export" / "step_0"
     if not initial.exists():
-        trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+        trainer = text.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
         export_models(trainer, trainer.init(cfg.train.seed), tokenizer, initial)
     print(f"[main job] xsim of the initial encoder on {args.split}", file=sys.stderr)
     before_rows = xsim_table(initial / "encoder", args.split)
 
     print(f"[main job] training {args.steps} steps ({args.variant}) in {workdir}", file=sys.stderr)
     train_start = time.perf_counter()
-    result = run_text_training(cfg, workdir)
+    result = text.run(cfg, workdir)
     train_seconds = time.perf_counter() - train_start
     final = workdir / "export" / f"step_{result.step}"
     after_rows = xsim_table(final / "encoder", args.split)

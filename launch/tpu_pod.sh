@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs the same training command on every worker of a Cloud TPU VM pod slice.
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/train_text.py:basic /mnt/shared/runs/text_basic \
+#   launch/tpu_pod.sh TPU_NAME ZONE text:basic /mnt/shared/runs/text_basic \
 #       --config.mesh.fsdp=-1
 #
 # Every worker must already have this repository at the same path (REPO_DIR, default: the path

@@ -1,6 +1,6 @@
 """Training entry point, the same on one CPU, a GPU node, a Slurm cluster and a TPU pod.
 
-    python launch/train.py --config=configs/train_text.py:tiny --workdir=runs/tiny \
+    python launch/train.py --config=text:tiny --workdir=runs/tiny \
         --config.train.num_steps=200 --config.mesh.fsdp=2
 
 Flags: see sonar_jax/train/entry.py (`sonar-jax train` takes the same). Rerunning a command with

@@ -1,20 +1,15 @@
-"""Model configuration: one frozen dataclass per model family, loadable from `configs/*.py`.
+"""Model configuration: one frozen dataclass per model family.
 
 The dataclass is what models are built from and what a converted model directory stores as JSON;
-`configs/` holds ml_collections files (one per released or test architecture) that fill it.
+`sonar_jax.configs.architectures` names the released and test architectures that fill it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
-import pathlib
 from typing import Any
 
 import jax.numpy as jnp
-
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -209,53 +204,3 @@ class MutoxConfig(_DictConfig):
 
     def __post_init__(self):
         _check_head_sizes(self, "input_size")
-
-
-def load_config_file(name_or_path: str, *args: Any):
-    """Loads `get_config(*args)` from a file in `configs/` (by name, e.g. 'text_basic') or by
-    path (recipes build on each other this way: configs/ is a folder, not a package)."""
-    path = pathlib.Path(name_or_path)
-    if not path.suffix:
-        path = CONFIGS_DIR / f"{name_or_path}.py"
-    if not path.is_file():
-        available = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
-        raise FileNotFoundError(f"no config file {str(path)!r}; configs available: {available}")
-    spec = importlib.util.spec_from_file_location(f"sonar_jax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
-
-
-def text_model_config(name_or_path: str, part: str, **overrides: Any) -> TextModelConfig:
-    """The TextModelConfig of a config file's `encoder` or `decoder` section, plus overrides."""
-    config = load_config_file(name_or_path)
-    if part not in config:
-        raise KeyError(f"config {name_or_path!r} has no {part!r} section; it has {sorted(config)}")
-    values = dict(config[part])
-    values.update(overrides)
-    return TextModelConfig.from_dict(values)
-
-
-def speech_model_config(name_or_path: str, **overrides: Any) -> SpeechModelConfig:
-    """The SpeechModelConfig of a config file (e.g. 'speech_english'), plus overrides."""
-    values = dict(load_config_file(name_or_path))
-    values.update(overrides)
-    return SpeechModelConfig.from_dict(values)
-
-
-def dump_json(obj: dict, path: pathlib.Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def text_arch(*, vocab_size: int, model_dim: int, num_layers: int, num_heads: int, ffn_dim: int):
-    """ConfigDict with the encoder and decoder sections of one NLLB-shaped architecture.
-
-    The released pair shares every size; only the position tables differ: the encoder card sets
-    `_from_fairseq=True`, which adds pad_idx + 1 to fairseq's 512 positions (514), the decoder does not.
-    """
-    import ml_collections
-
-    common = dict(vocab_size=vocab_size, model_dim=model_dim, num_layers=num_layers,
-                  num_heads=num_heads, ffn_dim=ffn_dim)
-    return ml_collections.ConfigDict(dict(encoder=dict(common, max_seq_len=514),
-                                          decoder=dict(common, max_seq_len=512)))

@@ -9,9 +9,9 @@ import jax
 import pytest
 
 import hlo
-from configs.train_text import get_config
+from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
-from sonar_jax.train.text_step import TextTrainer
+from sonar_jax.train.text import TextTrainer
 
 _SPEC = importlib.util.spec_from_file_location(
     "aot_compile", pathlib.Path(__file__).resolve().parents[1] / "launch" / "aot_compile.py")
@@ -105,7 +105,7 @@ def test_entry_writes_the_search_record(monkeypatch, tmp_path):
 
     monkeypatch.setattr(aot_compile, "compile_step", fake_compile)
     out = tmp_path / "record.json"
-    record = aot_compile.main(["aot_compile", "--config=configs/train_text.py:tiny",
+    record = aot_compile.main(["aot_compile", "--config=text:tiny",
                                "--topology=v5litepod-4", "--config.mesh.data=2",
                                "--batch_rows=16", "--length=32", "--find_max_batch",
                                "--bisect_steps=3", f"--out={out}"])
@@ -127,7 +127,7 @@ def test_multislice_mesh(monkeypatch):
     monkeypatch.setattr(aot_compile, "compile_step", lambda trainer, rows, length, hbm: {
         "rows": rows, "length": length, "lower_seconds": 0.0, "compile_seconds": 0.0,
         "fits": False, "compile_error": "stand-in", "mesh": trainer.mesh})
-    record = aot_compile.main(["aot_compile", "--config=configs/train_text.py:tiny",
+    record = aot_compile.main(["aot_compile", "--config=text:tiny",
                                "--topology=v5e:2x2", "--num_slices=2",
                                "--config.mesh.dcn_data=2", "--out=-"])
     assert record["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}

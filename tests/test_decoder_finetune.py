@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from sonar_jax import sharding
-from sonar_jax.config import load_config_file
+from sonar_jax.configs import get_config
 from sonar_jax.data.pipeline import make_text_train_iterator
 from sonar_jax.evaluate.translation import translation_scores
 from sonar_jax.model_dir import load_model, load_tokenizer
@@ -19,7 +19,7 @@ from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.pipelines import TextToTextModelPipeline
 from sonar_jax.train.decoder_finetune import DecoderFinetuneTrainer, interpolation_weights
-from sonar_jax.train.text_run import host_module
+from sonar_jax.train.runs import host_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data/sample/libreoffice"
@@ -28,7 +28,7 @@ FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 
 
 def _config():
-    cfg = load_config_file("train_decoder", "tiny")
+    cfg = get_config("decoder_finetune", "tiny")
     cfg.train.compiler_options = FAST_CPU_COMPILE
     cfg.data.split = "train"
     cfg.data.length_buckets = (64,)
@@ -77,7 +77,7 @@ def test_decoder_learns_while_the_encoder_stays_frozen():
 @pytest.mark.parametrize("distribution,low,high", [("uniform", 0.0, 1.0), ("uniform", 0.2, 0.4),
                                                    ("beta", 0.0, 1.0)])
 def test_interpolation_weights(distribution, low, high):
-    cfg = load_config_file("train_decoder", "tiny").interpolation
+    cfg = get_config("decoder_finetune", "tiny").interpolation
     cfg.distribution, cfg.low, cfg.high, cfg.alpha, cfg.beta = distribution, low, high, 2.0, 5.0
     a = np.asarray(interpolation_weights(jax.random.key(0), 20000, cfg))
     assert low <= a.min() and a.max() <= high

@@ -10,7 +10,7 @@ from flax import nnx
 
 import hlo
 from beam_reference import beam_search_one
-from sonar_jax.config import text_model_config
+from sonar_jax.configs.architectures import text_model_config
 from sonar_jax.generate import (GenerationConfig, TopPSampler, _generate_jit, _truncate, generate,
                                 top_k)
 from sonar_jax.models.text_decoder import TextDecoder

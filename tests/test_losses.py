@@ -6,9 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from configs.train_text import get_config
+from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
-from sonar_jax.train import losses, optim, text_step
+from sonar_jax.train import losses, optim
+from sonar_jax.train import text as text_recipe
 
 # Unoptimised CPU code generation: compiles ~3x faster; each test compares like with like.
 FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0}
@@ -172,7 +173,7 @@ def _trainer(accum_steps=1):
     cfg.loss.ce_chunk_size = 16
     cfg.train.compiler_options = FAST_CPU_COMPILE
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    return text_step.TextTrainer(cfg, mesh)
+    return text_recipe.TextTrainer(cfg, mesh)
 
 
 def _sums_and_grads(trainer, params, batch):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs.train_text import get_config
+from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
 from sonar_jax.tokenizer import NllbTokenizer
-from sonar_jax.train import text_step
+from sonar_jax.train import text as text_recipe
 
 # Unoptimised CPU code generation: compiles ~3x faster; each test compares like with like.
 FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0}
@@ -52,7 +52,7 @@ def _batch(fixtures_dir, rows=8):
 
 
 def _one_step(cfg, mesh, batch):
-    trainer = text_step.TextTrainer(cfg, mesh)
+    trainer = text_recipe.TextTrainer(cfg, mesh)
     state = trainer.init(0)
     new_state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
     return trainer, new_state, jax.tree.map(np.asarray, metrics)
@@ -107,7 +107,7 @@ def test_constrain_is_identity_without_rules():
 
 def test_every_parameter_has_logical_axes():
     cfg = _config()
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     names = jax.tree.leaves(trainer.param_axes, is_leaf=lambda x: isinstance(x, tuple))
     shapes = jax.tree.leaves(trainer.abstract_params)
     assert len(names) == len(shapes) > 0
@@ -120,12 +120,12 @@ def test_every_parameter_has_logical_axes():
 
 def test_batch_not_divisible_by_mesh_is_a_clear_error(fixtures_dir):
     cfg = _config("data_parallel", data=8, fsdp=1)
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     batch = _batch(fixtures_dir, rows=6)
     with pytest.raises(ValueError, match="cannot be split over the mesh's batch axes"):
         trainer.shard_batch(batch)
     cfg.train.grad_accum_steps = 2
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     with pytest.raises(ValueError, match="multiple of 16 rows"):
         trainer.shard_batch(_batch(fixtures_dir, rows=8))
 
@@ -136,7 +136,7 @@ def test_batch_not_divisible_by_mesh_is_a_clear_error(fixtures_dir):
 
 def test_init_is_sharded_at_creation():
     cfg = _config("fsdp", fsdp=8)
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     compiled = trainer._init_params.lower(jax.random.key(0)).compile()
     # The init is one jit whose outputs are already the sharded parameters...
     for got, want in zip(jax.tree.leaves(compiled.output_shardings),
@@ -224,7 +224,7 @@ def test_released_shapes_lower_without_memory(preset):
     cfg.sharding.preset = preset
     cfg.mesh.update(dict(data=1, fsdp=-1, tensor=1) if preset == "fsdp" else
                     dict(data=1, fsdp=2, tensor=4))
-    trainer = text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
     assert trainer.num_params() == 2 * 24 * (4 * 1024 * 1025 + 2 * 1024 * 8192 + 8192 + 1024
                                              + 4 * 1024) + 24 * (4 * 1024 * 1025 + 2 * 1024) \
         + 2 * (256206 * 1024 + 2 * 1024)
@@ -272,7 +272,7 @@ def _multihost_case(**mesh):
     rng = np.random.default_rng(0)
     batch = {k: rng.integers(4, 3000, (16, n)).astype(np.int32)
              for k, n in (("source", 20), ("target", 17), ("noised_target", 15))}
-    return text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh)), batch
+    return text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh)), batch
 
 
 def test_two_processes_with_dcn_axis_match_one_process(tmp_path):

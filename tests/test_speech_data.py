@@ -15,11 +15,12 @@ import pytest
 import soundfile
 
 from sonar_jax import audio
+from sonar_jax.configs.sections import speech_data as speech_data_config
 from sonar_jax.data import state_from_json, state_to_json
 from sonar_jax.data.buckets import BucketPlan
 from sonar_jax.data.speech import (SpeechSource, cache_teacher_embeddings, frame_samples,
                                    make_speech_eval_iterator, make_speech_train_iterator,
-                                   read_manifest, speech_data_config)
+                                   read_manifest)
 from sonar_jax.tokenizer import EOS, NllbTokenizer, UnknownLanguageError
 
 SAMPLE = pathlib.Path(__file__).parents[1] / "data" / "sample" / "speech"

@@ -10,7 +10,7 @@ from flax import nnx
 
 from sonar_jax import audio
 from sonar_jax.cli import main as cli_main
-from sonar_jax.config import speech_model_config
+from sonar_jax.configs.architectures import speech_model_config
 from sonar_jax.convert import convert_checkpoint
 from sonar_jax.model_dir import load_model, write_model_dir
 from sonar_jax.models.conformer import shift_relative_scores

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from sonar_jax import sharding
-from sonar_jax.config import load_config_file
+from sonar_jax.configs import get_config
 from sonar_jax.data.speech import (cache_teacher_embeddings, make_speech_eval_iterator,
                                    make_speech_train_iterator, read_manifest)
 from sonar_jax.evaluate.xsim import xsim
@@ -41,7 +41,7 @@ def manifest(tmp_path_factory):
 
 
 def _config(manifest, mode="online", cache=""):
-    cfg = load_config_file("train_speech", "tiny")
+    cfg = get_config("speech_distill", "tiny")
     cfg.train.compiler_options = FAST_CPU_COMPILE
     cfg.teacher.mode = mode
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay_steps = 2e-3, 5, 25
@@ -62,8 +62,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def teacher():
-    cfg = load_config_file("train_speech", "tiny")
-    from sonar_jax.config import text_model_config
+    cfg = get_config("speech_distill", "tiny")
+    from sonar_jax.configs.architectures import text_model_config
 
     return TextEncoder(text_model_config(cfg.model.teacher_arch, "encoder"), rngs=nnx.Rngs(7))
 

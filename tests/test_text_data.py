@@ -20,9 +20,9 @@ import grain
 import numpy as np
 import pytest
 
+from sonar_jax.configs.sections import text_data as text_data_config
 from sonar_jax.data import (FloresSource, TfdsSource, TsvSource, make_text_eval_iterator,
-                            make_text_train_iterator, state_from_json, state_to_json,
-                            text_data_config)
+                            make_text_train_iterator, state_from_json, state_to_json)
 from sonar_jax.data import pipeline
 from sonar_jax.data.buckets import BucketPlan
 from sonar_jax.data.text import resolve_pairs
@@ -247,9 +247,10 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
-from sonar_jax.data import make_text_eval_iterator, text_data_config
+from sonar_jax.configs.sections import text_data
+from sonar_jax.data import make_text_eval_iterator
 from sonar_jax.tokenizer import NllbTokenizer
-cfg = text_data_config()
+cfg = text_data()
 cfg.update(dict(path=sys.argv[3], max_len=64, batch_max_tokens=256, window_size=13))
 batches = list(make_text_eval_iterator(cfg, NllbTokenizer(sys.argv[4]), rows_multiple=2))
 print(json.dumps([[list(b["source"].shape), int((b["source"][:, 0] != 0).sum())]

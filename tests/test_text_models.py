@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sonar_jax.config import text_model_config
+from sonar_jax.configs.architectures import text_model_config
 from sonar_jax.models.layers import sinusoidal_table
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder

@@ -14,13 +14,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs.train_text import get_config
+from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
 from sonar_jax.data.pipeline import make_text_eval_iterator, make_text_train_iterator
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train import loop
 from sonar_jax.train.metric_writer import read_metrics
-from sonar_jax.train.text_step import TextTrainer
+from sonar_jax.train.text import TextTrainer
 
 
 def tsv_from_fixture(fixtures_dir, path: pathlib.Path) -> pathlib.Path:
@@ -178,7 +178,7 @@ def test_two_processes_train_through_the_launcher_and_resume(fixtures_dir, tmp_p
 
     def launch(num_steps: int) -> None:
         args = [sys.executable, str(repo / "launch/train.py"),
-                "--config=" + str(repo / "configs/train_text.py") + ":tiny",
+                "--config=text:tiny",
                 f"--workdir={tmp_path / 'run'}", "--config.data.format=tsv",
                 f"--config.data.path={tsv}", "--config.data.max_len=64",
                 "--config.data.length_buckets=(64,)", "--config.data.batch_max_tokens=512",
@@ -229,7 +229,8 @@ def test_xsim_hook_equals_evaluating_the_exported_encoder(setup, tmp_path):
     evaluate` scores the same weights exported as a converted directory."""
     from sonar_jax.evaluate.report import evaluate_text_retrieval
     from sonar_jax.pipelines import TextToEmbeddingModelPipeline
-    from sonar_jax.train.text_run import export_models, xsim_hook
+    from sonar_jax.train.runs import export_models
+    from sonar_jax.train.text import xsim_hook
 
     _, tokenizer, trainer = setup
     sample = pathlib.Path(__file__).resolve().parents[1] / "data" / "sample" / "libreoffice"
@@ -254,7 +255,7 @@ def test_cli_train_passes_every_flag_to_the_entry_point(monkeypatch):
 
     seen = []
     monkeypatch.setattr(entry, "run_from_flags", seen.append)
-    flags = ["--config=configs/train_decoder.py:tiny", "--workdir=w", "--config.train.seed=3"]
+    flags = ["--config=decoder_finetune:tiny", "--workdir=w", "--config.train.seed=3"]
     assert cli.main(["train", *flags]) == 0
     assert seen == [["sonar-jax train", *flags]]
     with pytest.raises(SystemExit):

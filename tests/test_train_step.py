@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.train_text import get_config
+from sonar_jax.configs.text import get_config
 from sonar_jax import functional, sharding
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
-from sonar_jax.train import text_step
+from sonar_jax.train import text as text_recipe
 
 # Unoptimised CPU code generation: compiles ~3x faster; each test compares like with like.
 FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0}
@@ -42,7 +42,7 @@ def _trainer(**changes):
     cfg.train.compiler_options = FAST_CPU_COMPILE
     for section, values in changes.items():
         cfg[section].update(values)
-    return text_step.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    return text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
 
 
 def test_loss_decreases(batch):

@@ -192,7 +192,7 @@ def test_run_evaluation_scores_speech_to_text_from_a_manifest(tmp_path):
 
     from flax import nnx
 
-    from sonar_jax.config import speech_model_config
+    from sonar_jax.configs.architectures import speech_model_config
     from sonar_jax.model_dir import write_model_dir
     from sonar_jax.models.speech_encoder import SpeechEncoder
     from sonar_jax.speech_pipelines import SpeechToTextModelPipeline

@@ -1,7 +1,7 @@
 """Training data: parallel-text sources, denoising noise, bucketed batches, grain pipelines.
 
-Names are imported on first use, so importing a light submodule (`sonar_jax.data.config`, the
-section defaults that configs use) does not import grain.
+Names are imported on first use, so importing a light submodule (e.g. `sonar_jax.data.noise`)
+does not import grain. The config sections these pipelines read are `sonar_jax.configs.sections`.
 """
 
 _EXPORTS = {
@@ -15,7 +15,6 @@ _EXPORTS = {
     "make_text_train_iterator": "sonar_jax.data.pipeline",
     "state_from_json": "sonar_jax.data.pipeline",
     "state_to_json": "sonar_jax.data.pipeline",
-    "text_data_config": "sonar_jax.data.config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -41,7 +41,6 @@ from absl import flags as absl_flags
 from jax.experimental import multihost_utils
 
 from sonar_jax.data import buckets
-from sonar_jax.data.config import text_data_config  # noqa: F401 (re-export)
 from sonar_jax.data.noise import DenoisingNoise, keyed_rng, word_start_table
 from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
 from sonar_jax.tokenizer import EOS, NllbTokenizer

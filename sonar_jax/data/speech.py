@@ -43,7 +43,6 @@ import ml_collections
 import numpy as np
 
 from sonar_jax import audio
-from sonar_jax.data.config import speech_data_config  # noqa: F401 (re-export)
 from sonar_jax.data import buckets
 from sonar_jax.data.pipeline import (WindowBatchIterDataset, resolve_shard, tokenize,
                                      window_dataset)

@@ -9,22 +9,29 @@ part (never in the optimizer state or a checkpoint, bit-identical after training
 decoder is trained. The paper does not state the distribution of `a`: uniform on [low, high]
 by default, or Beta(alpha, beta) (config `interpolation`).
 
-Batch contract: the text pipeline's {"source", "target"} (noise off), see text_step.py.
+Batch contract: the text pipeline's {"source", "target"} (noise off), see `train/text.py`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from sonar_jax import sharding
 from sonar_jax.functional import bind
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
-from sonar_jax.train.text_step import (ce_metrics, interleaved_embeddings, model_configs,
-                                      summarize_ce, teacher_forced_ce)
+from sonar_jax.tokenizer import NllbTokenizer
+from sonar_jax.train.loop import EvalHook, LoopResult, train
+from sonar_jax.train.runs import (export_final, host_module, initial_params, loop_options,
+                                  run_tokenizer, text_batches, trained_module)
+from sonar_jax.train.text import (ce_metrics, interleaved_embeddings, model_configs,
+                                  summarize_ce, teacher_forced_ce)
 from sonar_jax.train.trainer import StepContext, Trainer
 
 DISTRIBUTIONS = ("uniform", "beta")
@@ -102,3 +109,53 @@ class DecoderFinetuneTrainer(Trainer):
         out, loss = summarize_ce(totals, {"interp": 1.0})
         out["loss"] = loss
         return out
+
+
+def autoencode_hook(ae_cfg, trainer: DecoderFinetuneTrainer, tokenizer: NllbTokenizer
+                    ) -> EvalHook:
+    """Auto-encoding chrF++ / BLEU of the decoder being trained: each language's first
+    `sentences` dev lines embedded by the frozen encoder and decoded back (greedy) into that
+    language; reported averaged over languages."""
+    from sonar_jax.evaluate.report import available_langs, read_split
+    from sonar_jax.evaluate.translation import translation_scores
+    from sonar_jax.pipelines import TextToTextModelPipeline
+
+    encoder = host_module(TextEncoder, trainer.enc_cfg, trainer.frozen["encoder"])
+    langs = (ae_cfg.langs.split(",") if ae_cfg.langs else available_langs(ae_cfg.path,
+                                                                          ae_cfg.split))
+
+    def hook(state, step: int) -> dict:
+        decoder = trained_module(trainer, state, "decoder")
+        pipeline = TextToTextModelPipeline(encoder, decoder, tokenizer)
+        scores = []
+        for lang in langs:
+            sentences = read_split(ae_cfg.path, ae_cfg.split, lang)[:ae_cfg.sentences]
+            outputs = pipeline.predict(sentences, source_lang=lang, target_lang=lang,
+                                       beam_size=1)
+            scores.append(translation_scores(outputs, sentences, lang))
+        return {f"autoencode_{name}": float(np.mean([s[name] for s in scores]))
+                for name in ("bleu", "chrf++")}
+
+    return hook
+
+
+def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -> LoopResult:
+    """Fine-tunes `init_from.decoder` (or a random decoder) on random interpolations of the
+    frozen `init_from.encoder`'s embeddings; exports both (the encoder unchanged)."""
+    if not cfg.init_from.encoder:
+        raise ValueError("decoder fine-tuning needs init_from.encoder: the converted encoder "
+                         "directory whose embedding space the decoder learns to read")
+    workdir = pathlib.Path(workdir)
+    tokenizer = run_tokenizer(cfg)
+    trainer = DecoderFinetuneTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    loaded = initial_params(cfg)
+    trainer.set_frozen({"encoder": loaded.pop("encoder")})
+    train_batches, eval_batches = text_batches(cfg, tokenizer, noise=False)
+    if cfg.eval.autoencode.path:
+        eval_hooks = (*eval_hooks, autoencode_hook(cfg.eval.autoencode, trainer, tokenizer))
+    result = train(trainer, workdir=workdir, options=loop_options(cfg),
+                   train_batches=train_batches,
+                   init_state=lambda: trainer.init(cfg.train.seed, init_params=loaded or None),
+                   eval_batches=eval_batches, eval_hooks=eval_hooks)
+    export_final(cfg, trainer, result, tokenizer, workdir, with_frozen=("encoder",))
+    return result

@@ -1,6 +1,7 @@
 """The training command line, shared by `launch/train.py` and `sonar-jax train`.
 
-    --config=FILE[:VARIANT]          an ml_collections config file (its get_config(VARIANT))
+    --config=RECIPE[:VARIANT]        a packaged recipe (text, decoder_finetune, speech_distill;
+                                     sonar_jax/configs/) or an ml_collections config FILE[:VARIANT]
     --config.section.field=VALUE     override any field
     --workdir=DIR                    checkpoints, metrics, exports; rerunning resumes from it
     --distributed=auto|on|off        jax.distributed.initialize() (auto: when the environment
@@ -26,33 +27,47 @@ _DISTRIBUTED = flags.DEFINE_enum(
     flag_values=_FLAGS)
 
 
-RUNS = {"text": ("sonar_jax.train.text_run", "run_text_training"),
-        "decoder_finetune": ("sonar_jax.train.text_run", "run_decoder_finetune"),
-        "speech_distill": ("sonar_jax.train.speech_run", "run_speech_distillation")}
-
-
 def run_training(cfg, workdir: str):
-    """Runs the recipe `cfg.kind` names (configs/train_text.py, train_decoder.py,
-    train_speech.py); a config without `kind` is a text multi-loss run."""
+    """Runs the recipe `cfg.kind` names: `sonar_jax.train.<kind>.run(cfg, workdir)`."""
     import importlib
 
-    kind = cfg.get("kind", "text")
-    if kind not in RUNS:
-        raise ValueError(f"config kind {kind!r}: expected one of {sorted(RUNS)}")
-    module, function = RUNS[kind]
-    return getattr(importlib.import_module(module), function)(cfg, workdir)
+    from sonar_jax.configs import check_recipe
+
+    if not cfg.get("kind"):
+        raise ValueError("the config has no `kind`: set cfg.kind to the recipe it configures "
+                         "(text, decoder_finetune or speech_distill)")
+    kind = check_recipe(cfg.kind)
+    return importlib.import_module(f"sonar_jax.train.{kind}").run(cfg, workdir)
+
+
+def resolve_config_flag(argv: Sequence[str]) -> list[str]:
+    """argv with a packaged recipe in --config (`--config=text:tiny`) replaced by its file, which
+    ml_collections' config flag reads (a path to one's own config file is kept)."""
+    from sonar_jax.configs import config_file
+
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--config="):
+            arg = "--config=" + config_file(arg.split("=", 1)[1])
+        elif arg == "--config" and args:
+            out.append(arg)
+            arg = config_file(args.pop(0))
+        out.append(arg)
+    return out
 
 
 def run_from_flags(argv: Sequence[str]):
     """Parses `argv` (argv[0] is the program name) and runs the training it describes."""
     try:
-        rest = _FLAGS(list(argv))
+        rest = _FLAGS(resolve_config_flag(argv))
     except flags.Error as error:
         raise app.UsageError(str(error)) from None
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     if _CONFIG.value is None or not _WORKDIR.value:
-        raise app.UsageError("--config=FILE[:VARIANT] and --workdir=DIR are required")
+        raise app.UsageError("--config=RECIPE[:VARIANT] (e.g. text:tiny) and --workdir=DIR "
+                             "are required")
     from sonar_jax.train.distributed import maybe_initialize
 
     maybe_initialize(_DISTRIBUTED.value)

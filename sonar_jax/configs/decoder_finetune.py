@@ -1,27 +1,26 @@
-"""Decoder fine-tuning on random interpolations of a frozen encoder's embeddings (paper §3.1).
+"""The `decoder_finetune` recipe: the decoder fine-tuned on random interpolations of a frozen
+encoder's embeddings (paper §3.1).
 
-    from configs.train_decoder import get_config
-    cfg = get_config("tiny")          # "tiny" (CPU, the committed sample) | "basic"
-
-    sonar-jax train --config=configs/train_decoder.py:tiny --workdir=runs/decoder \
+    sonar-jax train --config=decoder_finetune:tiny --workdir=runs/decoder \
         --config.init_from.encoder=runs/main_job/train/export/step_600/encoder \
         --config.init_from.decoder=runs/main_job/train/export/step_600/decoder
 
 Both directories are converted models (`sonar-jax convert` or a text run's export): the encoder
 stays frozen, the decoder is trained. Exports go to workdir/export/step_N/{encoder,decoder}
-(the encoder copied unchanged, so the pair loads together).
+(the encoder copied unchanged, so the pair loads together). Every section but the loss, the
+interpolation, the optimizer horizon and the evaluation is the `text` recipe's.
 """
 
 import ml_collections
 
-from sonar_jax.config import load_config_file
+from sonar_jax.configs import text
 
 
 def get_config(variant: str = "basic") -> ml_collections.ConfigDict:
     if variant not in ("tiny", "basic"):
         raise ValueError(f"unknown variant {variant!r}; expected 'tiny' or 'basic'")
     small = variant == "tiny"
-    cfg = load_config_file("train_text", "tiny" if small else "basic")
+    cfg = text.get_config(variant)
     cfg.kind = "decoder_finetune"
     # Only the CE's settings apply: the loss is CE(dec(a·enc(x) + (1 − a)·enc(y)) -> y).
     cfg.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, ce_chunk_size=8192))

@@ -18,7 +18,8 @@ step with grad_accum_steps = k gives the gradient of the same batch in one piece
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sonar_jax import sharding
-from sonar_jax.config import TextModelConfig, text_model_config
+from sonar_jax.config import TextModelConfig
+from sonar_jax.configs.architectures import text_model_config
 from sonar_jax.functional import bind
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train import losses
+from sonar_jax.train.loop import EvalHook, LoopResult, train
+from sonar_jax.train.runs import (export_final, initial_params, loop_options, run_tokenizer,
+                                  text_batches, trained_module)
 from sonar_jax.train.trainer import StepContext, Trainer, TrainState  # noqa: F401 (re-export)
 
 BATCH_KEYS = ("source", "target", "noised_target")
@@ -249,3 +255,47 @@ class TextTrainer(Trainer):
             loss += float(lc.mse_weight) * out["mse_loss"]
         out["loss"] = loss
         return out
+
+
+def xsim_hook(xsim_cfg, trainer: TextTrainer, tokenizer: NllbTokenizer) -> EvalHook:
+    """Dev xsim of the encoder being trained: every language of a FLORES-layout folder against
+    the pivot, both directions, LASER's ratio margin; reported pooled over all queries (and
+    xsim++ where the folder has augmented targets)."""
+    from sonar_jax.evaluate.report import evaluate_text_retrieval
+    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
+
+    def hook(state, step: int) -> dict:
+        pipeline = TextToEmbeddingModelPipeline(trained_module(trainer, state, "encoder"),
+                                                tokenizer)
+        rows = evaluate_text_retrieval(pipeline, xsim_cfg.path, xsim_cfg.split,
+                                       xsim_cfg.langs or None, pivot=xsim_cfg.pivot,
+                                       batch_size=64)
+        metrics = {}
+        for task, name in (("xsim", "xsim_error_percent"), ("xsim++", "xsimpp_error_percent")):
+            chosen = [r for r in rows if r["task"] == task]
+            if chosen:
+                errors = sum(r["errors"] for r in chosen)
+                metrics[name] = 100.0 * errors / sum(r["total"] for r in chosen)
+        return metrics
+
+    return hook
+
+
+def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -> LoopResult:
+    """Trains as `cfg` says, resuming from `workdir` when it holds checkpoints; exports the
+    final models to `workdir/export/step_N/{encoder,decoder}` when `cfg.export.enabled`."""
+    workdir = pathlib.Path(workdir)
+    tokenizer = run_tokenizer(cfg)
+    trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    train_batches, eval_batches = text_batches(cfg, tokenizer,
+                                               noise=float(cfg.loss.dae_weight) > 0)
+    if cfg.eval.xsim.path:
+        eval_hooks = (*eval_hooks, xsim_hook(cfg.eval.xsim, trainer, tokenizer))
+
+    def init_state() -> Any:
+        return trainer.init(cfg.train.seed, init_params=initial_params(cfg) or None)
+
+    result = train(trainer, workdir=workdir, options=loop_options(cfg), train_batches=train_batches,
+                   init_state=init_state, eval_batches=eval_batches, eval_hooks=eval_hooks)
+    export_final(cfg, trainer, result, tokenizer, workdir)
+    return result

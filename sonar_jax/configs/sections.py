@@ -1,5 +1,9 @@
-"""Defaults of the `data` / `eval_data` config sections: every field the text and speech input
-pipelines read. Kept apart from the pipelines so configs (and whatever reads them) need no grain.
+"""Config sections the training recipes share, with their defaults: the mesh, the sharding rules,
+the optimizer, the step loop, checkpoints, logging, exports, and the text and speech data.
+
+`small` picks the CPU-sized settings of a recipe's small variant. The data sections list every
+field the input pipelines read; they import no grain, so a config (and whatever reads one, e.g.
+the benchmarks on a GPU image without grain) does not need it.
 """
 
 from __future__ import annotations
@@ -7,8 +11,65 @@ from __future__ import annotations
 import ml_collections
 
 
-def text_data_config() -> ml_collections.ConfigDict:
-    """Defaults for the text data config; every field the pipeline reads is here."""
+def mesh() -> ml_collections.ConfigDict:
+    """Mesh sizes within a slice/node (one may be -1 = the rest) and across slices/hosts."""
+    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1,
+                                          dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+
+
+def sharding() -> ml_collections.ConfigDict:
+    """Logical-axis rules: `rules` (pairs (logical name, mesh axes or None), tried first) then
+    the preset's: data_parallel | fsdp | tensor (FSDP + tensor parallel) | custom (rules only)."""
+    return ml_collections.ConfigDict(dict(preset="fsdp", rules=()))
+
+
+def optim(small: bool) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        lr=1e-3 if small else 1e-4,
+        warmup_steps=10 if small else 8000,
+        schedule="inverse_sqrt",  # inverse_sqrt | cosine | linear | constant
+        decay_steps=0,  # for cosine / linear: steps after warmup to reach lr·final_lr_fraction
+        final_lr_fraction=0.0,
+        b1=0.9,
+        b2=0.98,
+        eps=1e-6,
+        weight_decay=0.0,
+        clip_norm=1.0,
+        mu_dtype="",  # '' = the parameter dtype
+        skip_nonfinite=True,  # a step with a NaN/inf loss or gradient leaves the state unchanged
+    ))
+
+
+def train(small: bool) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        seed=0,
+        num_steps=100 if small else 100_000,
+        grad_accum_steps=1,
+        compiler_options={},  # per-jit XLA options, e.g. {"xla_backend_optimization_level": 0}
+    ))
+
+
+def checkpoint(small: bool) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        every_steps=50 if small else 2000,  # 0: only at the end and on preemption
+        keep=3,
+        async_save=True,
+        preemption_check_every=1,  # steps between hosts agreeing on a SIGTERM (multi-host)
+    ))
+
+
+def log(small: bool) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(every_steps=10 if small else 100, tensorboard=True,
+                                          progress_bar=True))
+
+
+def export() -> ml_collections.ConfigDict:
+    """Write the final trained models as converted directories (workdir/export/step_N)."""
+    return ml_collections.ConfigDict(dict(enabled=True))
+
+
+def text_data() -> ml_collections.ConfigDict:
+    """The text data section (`data`, `eval_data` of the text recipes)."""
     cfg = ml_collections.ConfigDict()
     cfg.format = "tsv"  # "tsv" | "flores" | "tfds"
     cfg.path = ""  # TSV file(s) (comma-separated), FLORES root folder, or tfds dataset name
@@ -38,9 +99,8 @@ def text_data_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-
-def speech_data_config() -> ml_collections.ConfigDict:
-    """Defaults for the speech data config; every field the pipeline reads is here."""
+def speech_data() -> ml_collections.ConfigDict:
+    """The speech data section (`data`, `eval_data` of the speech recipe)."""
     cfg = ml_collections.ConfigDict()
     cfg.manifest = ""  # TSV manifest(s), comma-separated
     cfg.lang = ""  # NLLB code for manifests without a lang column
