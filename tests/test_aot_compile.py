@@ -1,9 +1,8 @@
-"""launch/aot_compile.py: the train step compiled ahead of time for a TPU slice from a CPU host."""
+"""sonar_jax/train/aot.py: the train step compiled ahead of time for a TPU slice from a CPU host."""
 
 import importlib.util
 import json
 import math
-import pathlib
 
 import jax
 import pytest
@@ -11,12 +10,9 @@ import pytest
 import hlo
 from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
+from sonar_jax.train import aot
 from sonar_jax.train.text import TextTrainer
 
-_SPEC = importlib.util.spec_from_file_location(
-    "aot_compile", pathlib.Path(__file__).resolve().parents[1] / "launch" / "aot_compile.py")
-aot_compile = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(aot_compile)
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -24,19 +20,19 @@ needs_libtpu = pytest.mark.skipif(
 
 
 def test_topology_names():
-    assert aot_compile.parse_topology("v5p:4x4x2") == ("v5p", "v5p:4x4x2")
-    assert aot_compile.parse_topology("v5e:2x2") == ("v5e", "v5e:2x2")
+    assert aot.parse_topology("v5p:4x4x2") == ("v5p", "v5p:4x4x2")
+    assert aot.parse_topology("v5e:2x2") == ("v5e", "v5e:2x2")
     # Accelerator types: v4 / v5p count TensorCores (2 per chip), v5e / v6e count chips.
-    assert aot_compile.parse_topology("v5p-64") == ("v5p", "v5p:2x4x4")
-    assert aot_compile.parse_topology("v5e-256") == ("v5e", "v5e:16x16")
-    assert aot_compile.parse_topology("v5litepod-16") == ("v5e", "v5e:4x4")
-    assert aot_compile.parse_topology("v4-32") == ("v4", "v4:2x2x4")
-    assert aot_compile.parse_topology("v6e-64") == ("v6e", "v6e:8x8")
-    assert aot_compile.accelerator_type("v5p", 32) == "v5p-64"
+    assert aot.parse_topology("v5p-64") == ("v5p", "v5p:2x4x4")
+    assert aot.parse_topology("v5e-256") == ("v5e", "v5e:16x16")
+    assert aot.parse_topology("v5litepod-16") == ("v5e", "v5e:4x4")
+    assert aot.parse_topology("v4-32") == ("v4", "v4:2x2x4")
+    assert aot.parse_topology("v6e-64") == ("v6e", "v6e:8x8")
+    assert aot.accelerator_type("v5p", 32) == "v5p-64"
     with pytest.raises(ValueError, match="power-of-two"):
-        aot_compile.parse_topology("v5e-24")
+        aot.parse_topology("v5e-24")
     with pytest.raises(ValueError, match="unknown TPU generation"):
-        aot_compile.parse_topology("v9x:2x2")
+        aot.parse_topology("v9x:2x2")
 
 
 @needs_libtpu
@@ -46,7 +42,7 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
     cfg = get_config("tiny")
     cfg.model.dtype = "bfloat16"
     cfg.mesh.update(dict(data=1, fsdp=-1, tensor=1))
-    record = aot_compile.run(cfg, "v5e:2x2", batch_rows=8, length=32, out=None)
+    record = aot.run(cfg, "v5e:2x2", batch_rows=8, length=32, out=None)
 
     assert (record["chips"], record["devices"], record["mesh"]["fsdp"]) == (4, 4, 4)
     assert record["batch_arrays"] == ["noised_target", "source", "target"]
@@ -74,18 +70,18 @@ def test_max_batch_search_doubles_then_bisects(monkeypatch):
         return {"rows": rows, "length": length, "fits": total <= hbm,
                 "memory_per_chip": {"total_bytes": total}, "compile_seconds": 0.0}
 
-    monkeypatch.setattr(aot_compile, "compile_step", fake_compile)
-    monkeypatch.setattr(aot_compile, "_batch_shards", lambda trainer: 8)
+    monkeypatch.setattr(aot, "compile_step", fake_compile)
+    monkeypatch.setattr(aot, "_batch_shards", lambda trainer: 8)
     trainer = type("T", (), {"accum_steps": 1})()
     hbm = 16 * 2 ** 30  # fits up to 1536 rows
-    found = aot_compile.find_max_batch(trainer, 128, 256, hbm, bisect_steps=3, log=lambda _: 0)
+    found = aot.find_max_batch(trainer, 128, 256, hbm, bisect_steps=3, log=lambda _: 0)
     # 256, 512, 1024 fit, 2048 does not; then 1536 (fits), 1792, 1664.
     assert compiled == [256, 512, 1024, 2048, 1536, 1792, 1664]
     assert (found["largest_fit_rows"], found["smallest_nonfit_rows"]) == (1536, 1664)
     assert found["resolution_rows"] == 128 and found["row_multiple"] == 8
     # Starting above the limit halves first; the compile budget bounds the search.
     compiled.clear()
-    found = aot_compile.find_max_batch(trainer, 128, 4096, hbm, bisect_steps=5, max_compiles=4,
+    found = aot.find_max_batch(trainer, 128, 4096, hbm, bisect_steps=5, max_compiles=4,
                                        log=lambda _: 0)
     assert compiled == [4096, 2048, 1024, 1536]
     assert (found["largest_fit_rows"], found["smallest_nonfit_rows"]) == (1536, 2048)
@@ -103,9 +99,9 @@ def test_entry_writes_the_search_record(monkeypatch, tmp_path):
                 "compile_seconds": 0.0, "flops_per_chip": 1.0, "flops_total": 4.0,
                 "fits": mem["total_bytes"] <= hbm}
 
-    monkeypatch.setattr(aot_compile, "compile_step", fake_compile)
+    monkeypatch.setattr(aot, "compile_step", fake_compile)
     out = tmp_path / "record.json"
-    record = aot_compile.main(["aot_compile", "--config=text:tiny",
+    record = aot.main(["aot_compile", "--config=text:tiny",
                                "--topology=v5litepod-4", "--config.mesh.data=2",
                                "--batch_rows=16", "--length=32", "--find_max_batch",
                                "--bisect_steps=3", f"--out={out}"])
@@ -124,10 +120,10 @@ def test_entry_writes_the_search_record(monkeypatch, tmp_path):
 @needs_libtpu
 def test_multislice_mesh(monkeypatch):
     """--num_slices: the slices are the granules of the config's dcn_* axes."""
-    monkeypatch.setattr(aot_compile, "compile_step", lambda trainer, rows, length, hbm: {
+    monkeypatch.setattr(aot, "compile_step", lambda trainer, rows, length, hbm: {
         "rows": rows, "length": length, "lower_seconds": 0.0, "compile_seconds": 0.0,
         "fits": False, "compile_error": "stand-in", "mesh": trainer.mesh})
-    record = aot_compile.main(["aot_compile", "--config=text:tiny",
+    record = aot.main(["aot_compile", "--config=text:tiny",
                                "--topology=v5e:2x2", "--num_slices=2",
                                "--config.mesh.dcn_data=2", "--out=-"])
     assert record["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
@@ -146,7 +142,7 @@ def test_products_over_the_vocabulary_run_in_bfloat16():
     cfg = get_config("tiny")
     cfg.model.dtype = "bfloat16"
     cfg.mesh.update(dict(data=1, fsdp=-1, tensor=1))
-    devices = aot_compile.topology_devices("v5e:2x2")
+    devices = aot.topology_devices("v5e:2x2")
     trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh, devices))
     shapes = {k: (8, 32) for k in ("source", "target", "noised_target")}
     text = trainer.lower_train_step(shapes).compile().as_text()
