@@ -252,7 +252,8 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 def logical_axes_of_state(state: Any) -> dict:
     """Nested dict (the pure-dict layout of `state`) of each parameter's logical axis names.
 
-    Raises if a parameter has no names: every parameter must say how it may be sharded.
+    Raises if a parameter has no names, or names outside `PARAM_AXES`: every parameter must say
+    how it may be sharded, in names the rules know.
     """
     from flax import nnx
 
@@ -265,6 +266,10 @@ def logical_axes_of_state(state: Any) -> dict:
             missing.append("/".join(map(str, path)))
             continue
         names = tuple(names)
+        unknown = [n for n in names if n is not None and n not in PARAM_AXES]
+        if unknown:
+            raise ValueError(f"parameter {'/'.join(map(str, path))} has logical axes {names}; "
+                             f"{unknown} are not among {PARAM_AXES}")
         if shape is not None and len(names) != len(shape):
             raise ValueError(f"parameter {'/'.join(map(str, path))} of shape {tuple(shape)} has "
                              f"logical axes {names}")

@@ -118,6 +118,38 @@ def test_every_parameter_has_logical_axes():
     assert trainer.param_axes["encoder"]["embed"]["embedding"] == ("vocab", "embed")
 
 
+def test_speech_parameters_shard_like_the_text_layers_under_tensor_parallelism():
+    """The Conformer's FFNs and convolution module split their inner dimension over 'tensor',
+    as the text FFNs do, and its attention splits heads."""
+    from sonar_jax.configs import get_config as recipe_config
+    from sonar_jax.train.speech_distill import SpeechDistillTrainer
+
+    cfg = recipe_config("speech_distill", "tiny")
+    cfg.sharding.preset = "tensor"
+    cfg.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    trainer = SpeechDistillTrainer(cfg, sharding.make_mesh(cfg.mesh))
+    block = trainer.param_axes["student"]["layers"]
+    assert block["ffn1"]["inner_proj"]["kernel"] == ("layers", "embed", "mlp")
+    assert block["conv"]["pointwise_conv1"]["kernel"] == ("layers", "embed", "mlp")
+    assert block["conv"]["pointwise_conv2"]["kernel"] == ("layers", "mlp", "embed")
+    specs = trainer.param_shardings["student"]["layers"]
+    assert specs["ffn1"]["inner_proj"]["kernel"].spec == P(None, "fsdp", "tensor")
+    assert specs["self_attn"]["qkv_proj"]["kernel"].spec == P(None, "fsdp", None, "tensor")
+
+
+def test_parameter_axis_names_must_be_known():
+    from flax import nnx
+
+    from sonar_jax.models.layers import axes_metadata
+
+    class Odd(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(np.zeros((2, 3), np.float32), **axes_metadata("embed", "hidden"))
+
+    with pytest.raises(ValueError, match=r"\['hidden'\] are not among"):
+        sharding.logical_axes_of_state(nnx.state(Odd()))
+
+
 def test_batch_not_divisible_by_mesh_is_a_clear_error(fixtures_dir):
     cfg = _config("data_parallel", data=8, fsdp=1)
     trainer = text_recipe.TextTrainer(cfg, sharding.make_mesh(cfg.mesh))

@@ -21,6 +21,7 @@ from sonar_jax.config import SpeechModelConfig, to_jnp_dtype
 from sonar_jax.models.attention import dot_product_attention
 from sonar_jax.models.layers import (ATTENTION_OUTPUT, QKVProjection, axes_metadata, layer_norm,
                                      linear)
+from sonar_jax.sharding import constrain
 
 
 def relative_position_table(seq_len: int, dim: int) -> jax.Array:
@@ -78,7 +79,8 @@ class RelativePositionAttention(nnx.Module):
     def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
         """x [B, S, D]; keys at and beyond seq_lens[b] are masked."""
         seq_len, dtype = x.shape[1], x.dtype
-        q, k, v = (self._heads(p) for p in jnp.unstack(self.qkv_proj(x), axis=-2))
+        q, k, v = (constrain(self._heads(p), ("batch", "length", "act_heads", "act_kv"))
+                   for p in jnp.unstack(self.qkv_proj(x), axis=-2))
         r = self._heads(self.r_proj(relative_position_table(seq_len, x.shape[-1]).astype(dtype)))
         q_v = q + self.v_bias[...].astype(dtype)
         bd = jnp.einsum("bshd,rhd->bhsr", q_v, r, preferred_element_type=jnp.float32)
@@ -94,11 +96,12 @@ class SwishFeedForward(nnx.Module):
     """Linear(D→F) → SiLU → Linear(F→D), both with bias (the Conformer's macaron FFN)."""
 
     def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
-        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs)
-        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs)
+        self.inner_proj = linear(cfg, cfg.model_dim, cfg.ffn_dim, rngs, axes=("embed", "mlp"))
+        self.output_proj = linear(cfg, cfg.ffn_dim, cfg.model_dim, rngs, axes=("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.output_proj(jax.nn.silu(self.inner_proj(x)))
+        h = constrain(jax.nn.silu(self.inner_proj(x)), ("batch", "length", "act_mlp"))
+        return self.output_proj(h)
 
 
 class ConvolutionModule(nnx.Module):
@@ -113,11 +116,14 @@ class ConvolutionModule(nnx.Module):
     def __init__(self, cfg: SpeechModelConfig, rngs: nnx.Rngs):
         dim, param_dtype = cfg.model_dim, to_jnp_dtype(cfg.param_dtype)
         self.kernel_size = cfg.depthwise_kernel_size
-        self.pointwise_conv1 = linear(cfg, dim, 2 * dim, rngs, use_bias=False)
+        # Channels are an "mlp"-like axis: tensor parallelism splits them, and the depthwise
+        # convolution and BatchNorm then run on each device's channels.
+        self.pointwise_conv1 = linear(cfg, dim, 2 * dim, rngs, use_bias=False,
+                                      axes=("embed", "mlp"))
         # PyTorch's Conv1d default: uniform with variance 1 / (3 · fan_in), fan_in = K here.
         conv_init = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
         self.depthwise_conv = nnx.Param(conv_init(rngs.params(), (self.kernel_size, dim),
-                                                  param_dtype), **axes_metadata(None, "embed"))
+                                                  param_dtype), **axes_metadata(None, "mlp"))
         self.batch_norm = nnx.BatchNorm(dim, use_running_average=True, momentum=0.9,
                                         epsilon=cfg.batch_norm_eps,
                                         dtype=to_jnp_dtype(cfg.dtype), param_dtype=param_dtype,
@@ -125,7 +131,7 @@ class ConvolutionModule(nnx.Module):
         for variable in (self.batch_norm.scale, self.batch_norm.bias, self.batch_norm.mean,
                          self.batch_norm.var):
             variable.set_metadata(**axes_metadata("norm"))
-        self.pointwise_conv2 = linear(cfg, dim, dim, rngs, use_bias=False)
+        self.pointwise_conv2 = linear(cfg, dim, dim, rngs, use_bias=False, axes=("mlp", "embed"))
 
     def __call__(self, x: jax.Array, seq_lens: jax.Array) -> jax.Array:
         valid = jnp.arange(x.shape[1])[None, :] < seq_lens[:, None]
@@ -172,4 +178,4 @@ class ConformerBlock(nnx.Module):
         x = x + self.self_attn(self.self_attn_layer_norm(x), seq_lens)
         x = x + self.conv(self.conv_layer_norm(x), seq_lens)
         x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
-        return self.layer_norm(x)
+        return constrain(self.layer_norm(x), ("batch", "length", "act_embed"))

@@ -75,8 +75,9 @@ def layer_norm(cfg: TextModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
                          rngs=rngs)
 
 
-def linear(cfg: TextModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, gain: float = 1.0,
-           use_bias: bool = True, axes: tuple[str, str] = ("embed", "embed")) -> nnx.Linear:
+def linear(cfg: TextModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *,
+           axes: tuple[str | None, str | None], gain: float = 1.0,
+           use_bias: bool = True) -> nnx.Linear:
     """Dense layer with Xavier-uniform init (fairseq2's choice for projections) scaled by `gain`.
 
     axes: logical names of the kernel's (input, output) dimensions; the bias takes the output's.

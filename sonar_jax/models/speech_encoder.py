@@ -48,7 +48,8 @@ class SpeechFrontend(nnx.Module):
             cfg.feature_dim, epsilon=cfg.layer_norm_eps, dtype=to_jnp_dtype(cfg.dtype),
             param_dtype=to_jnp_dtype(cfg.param_dtype), use_fast_variance=False,
             scale_metadata=axes_metadata("norm"), bias_metadata=axes_metadata("norm"), rngs=rngs)
-        self.model_dim_proj = linear(cfg, cfg.feature_dim, cfg.model_dim, rngs)
+        self.model_dim_proj = linear(cfg, cfg.feature_dim, cfg.model_dim, rngs,
+                                     axes=(None, "embed"))
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         return self.model_dim_proj(self.post_extract_layer_norm(frames))
@@ -86,7 +87,8 @@ class AttentionPooler(nnx.Module):
         self.embed = nnx.Param(init(rngs.params(), (cfg.pooler_vocab_size, cfg.model_dim),
                                     to_jnp_dtype(cfg.param_dtype)), **axes_metadata(None, "embed"))
         self.layers = make_layer_stack(PoolerLayer, cfg.pooler_config(), rngs)
-        self.projection_out = linear(cfg, cfg.model_dim, cfg.model_dim, rngs, use_bias=False)
+        self.projection_out = linear(cfg, cfg.model_dim, cfg.model_dim, rngs, use_bias=False,
+                                     axes=("embed", None))
 
     def query(self) -> jax.Array:
         """[D] float32: the pooling query before the decoder layers."""
