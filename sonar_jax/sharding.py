@@ -288,14 +288,6 @@ def tree_shardings(abstract: Any, axes: Any, rules: Rules, mesh: Mesh) -> Any:
                         axes, abstract, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def describe(shardings: Any) -> str:
-    """One line per leaf: path and PartitionSpec (for logs and debugging)."""
-    lines = []
-    for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]:
-        lines.append(f"{jax.tree_util.keystr(path)}: {s.spec}")
-    return "\n".join(lines)
-
-
 def check_batch_divisible(rows: int, rules: Rules, mesh: Mesh, what: str = "batch",
                           accum_steps: int = 1) -> None:
     """A clear error when the global batch cannot be split over the mesh (and microbatches)."""

@@ -9,7 +9,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sonar_jax import checkpoint
-from sonar_jax.convert import convert_checkpoint
 from sonar_jax.model_dir import load_model
 
 
@@ -65,11 +64,9 @@ def test_restore_onto_a_mesh_of_8_devices(tmp_path):
     np.testing.assert_array_equal(np.asarray(kernel), _tree()["layers"]["kernel"])
 
 
-def test_sharded_model_gives_the_same_embeddings(tmp_path, fixtures_dir):
+def test_sharded_model_gives_the_same_embeddings(fixtures_dir, mid_text_dirs):
     """A converted model restored sharded over 8 devices computes what the 1-device one does."""
-    out = convert_checkpoint(fixtures_dir / "text" / "mid_text_encoder.pt", tmp_path / "enc",
-                             "text_encoder", tokenizer=fixtures_dir / "spm" / "udhr.spm.model",
-                             num_heads=8)
+    out = mid_text_dirs["encoder"]
     io = np.load(fixtures_dir / "text" / "mid_text_encoder_io.npz")
     tokens = jnp.asarray(io["tokens"])
     single = load_model(out)(tokens).sentence_embeddings

@@ -6,7 +6,6 @@ import pytest
 
 from sonar_jax import similarity
 from sonar_jax.cli import main as cli_main
-from sonar_jax.convert import convert_checkpoint
 from sonar_jax.pipelines import TextToEmbeddingModelPipeline
 from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
 
@@ -62,9 +61,8 @@ def test_encode_cli_writes_unit_float16_rows(fixtures_dir, text_pipeline, tmp_pa
     np.testing.assert_array_equal(written, expected.astype(np.float16))
 
 
-def test_speech_embeddings_normalised_and_in_float16(fixtures_dir, tmp_path):
-    encoder = convert_checkpoint(fixtures_dir / "speech" / "tiny_speech_encoder.pt",
-                                 tmp_path / "enc", "speech_encoder", num_heads=4)
+def test_speech_embeddings_normalised_and_in_float16(fixtures_dir, tiny_speech_dir, tmp_path):
+    encoder = tiny_speech_dir
     wav = str(fixtures_dir / "audio" / "speech_en.wav")
     pipeline = SpeechToEmbeddingModelPipeline(encoder)
     raw = pipeline.predict([wav])

@@ -5,19 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sonar_jax import checkpoint, functional
-from sonar_jax.convert import convert_checkpoint
 from sonar_jax.generate import GenerationConfig
 from sonar_jax.model_dir import read_config
 
 
-def _convert(tmp_path, fixtures_dir, kind):
-    return convert_checkpoint(fixtures_dir / "text" / f"tiny_text_{kind}.pt", tmp_path / kind,
-                              f"text_{kind}", tokenizer=fixtures_dir / "spm" / "udhr.spm.model",
-                              num_heads=4)
-
-
-def test_encode_and_decode_inside_jit(tmp_path, fixtures_dir):
-    enc_dir, dec_dir = (_convert(tmp_path, fixtures_dir, k) for k in ("encoder", "decoder"))
+def test_encode_and_decode_inside_jit(fixtures_dir, tiny_text_dirs):
+    enc_dir, dec_dir = tiny_text_dirs["encoder"], tiny_text_dirs["decoder"]
     enc_params = checkpoint.restore_params(enc_dir / "params")
     dec_params = checkpoint.restore_params(dec_dir / "params")
     _, enc_cfg = read_config(enc_dir)

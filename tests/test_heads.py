@@ -92,11 +92,9 @@ def test_converted_configs_follow_the_checkpoints(converted, heads_dir, fixtures
 
 
 @pytest.fixture(scope="module")
-def text_encoder(fixtures_dir, tmp_path_factory):
+def text_encoder(tiny_text_dirs):
     """The tiny reference text encoder (64-d) that embedded the end-to-end fixture's sentences."""
-    return convert_checkpoint(fixtures_dir / "text" / "tiny_text_encoder.pt",
-                              tmp_path_factory.mktemp("text") / "encoder", "text_encoder",
-                              tokenizer=fixtures_dir / "spm" / "udhr.spm.model", num_heads=4)
+    return tiny_text_dirs["encoder"]
 
 
 @pytest.fixture(scope="module")

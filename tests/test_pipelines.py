@@ -8,17 +8,12 @@ import pytest
 
 from sonar_jax import pipelines
 from sonar_jax.cli import main as cli_main
-from sonar_jax.convert import convert_checkpoint
 from sonar_jax.generate import TopKSampler
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, fixtures_dir):
-    out = tmp_path_factory.mktemp("models")
-    spm = fixtures_dir / "spm" / "udhr.spm.model"
-    return {kind: convert_checkpoint(fixtures_dir / "text" / f"mid_text_{kind}.pt", out / kind,
-                                     f"text_{kind}", tokenizer=spm, num_heads=8)
-            for kind in ("encoder", "decoder")}
+def model_dirs(mid_text_dirs):
+    return mid_text_dirs
 
 
 @pytest.fixture(scope="module")

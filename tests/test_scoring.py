@@ -110,10 +110,8 @@ def test_models_of_different_widths_are_not_paired(heads, speech_encoder):
 
 
 @pytest.fixture(scope="module")
-def speech_encoder(fixtures_dir, tmp_path_factory):
-    return convert_checkpoint(fixtures_dir / "speech" / "tiny_speech_encoder.pt",
-                              tmp_path_factory.mktemp("speech") / "enc", "speech_encoder",
-                              num_heads=4)
+def speech_encoder(tiny_speech_dir):
+    return tiny_speech_dir
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

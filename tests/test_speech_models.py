@@ -11,7 +11,6 @@ from flax import nnx
 from sonar_jax import audio
 from sonar_jax.cli import main as cli_main
 from sonar_jax.configs.architectures import speech_model_config
-from sonar_jax.convert import convert_checkpoint
 from sonar_jax.model_dir import load_model, write_model_dir
 from sonar_jax.models.conformer import shift_relative_scores
 from sonar_jax.models.speech_encoder import SpeechEncoder, stack_frames
@@ -32,10 +31,8 @@ def embed(model, fbank, lengths):
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory, fixtures_dir):
-    return convert_checkpoint(fixtures_dir / "speech" / "tiny_speech_encoder.pt",
-                              tmp_path_factory.mktemp("speech") / "enc", "speech_encoder",
-                              num_heads=4)
+def encoder_dir(tiny_speech_dir):
+    return tiny_speech_dir
 
 
 @pytest.fixture(scope="module")
@@ -151,17 +148,14 @@ def test_pipeline_refuses_bad_input(s2e, encoder_dir):
 
 
 @pytest.fixture(scope="module")
-def s2t_dirs(tmp_path_factory, fixtures_dir):
+def s2t_dirs(tmp_path_factory, tiny_text_dirs):
     """A random-init speech encoder as wide as the tiny text decoder (64), and that decoder."""
     out = tmp_path_factory.mktemp("s2t")
     cfg = speech_model_config("speech_tiny", model_dim=64, pooler_vocab_size=64)
     model = SpeechEncoder(cfg, rngs=nnx.Rngs(3))
     enc = write_model_dir(out / "enc", "speech_encoder", cfg,
                           nnx.to_pure_dict(nnx.state(model)), None)
-    dec = convert_checkpoint(fixtures_dir / "text" / "tiny_text_decoder.pt", out / "dec",
-                             "text_decoder", tokenizer=fixtures_dir / "spm" / "udhr.spm.model",
-                             num_heads=4)
-    return enc, dec
+    return enc, tiny_text_dirs["decoder"]
 
 
 def test_speech_to_text_generates_from_the_speech_embeddings(s2t_dirs, monkeypatch):

@@ -1,8 +1,7 @@
 """The training loop: steps, metrics, evaluation, checkpoints, preemption and NaN guards.
 
-One loop serves every trainer (text multi-loss now, speech distillation and decoder fine-tuning
-later): a trainer supplies `train_step`, `eval_step`, `shard_batch`, `abstract_state` and
-optionally `summarize_eval`; the loop owns everything around the step.
+One loop serves every recipe's trainer: a trainer supplies `train_step`, `eval_step`,
+`shard_batch`, `abstract_state` and `summarize_eval`; the loop owns everything around the step.
 
 Guarantees:
 - resume continues on the exact next batch with the saved state (data iterator state is saved
@@ -131,21 +130,17 @@ def _finite(metrics: Mapping[str, float]) -> bool:
 
 
 def evaluate(trainer, state, batches: Iterable[Mapping[str, np.ndarray]]) -> dict:
-    """Dev metrics over a finite iterator. Per-batch metrics are summed; a trainer that reports
-    raw sums (`trainer.summarize_eval`) turns them into dataset-level figures (losses divided by
-    all the dev set's tokens, not averaged per batch); otherwise batches are averaged."""
+    """Dev metrics over a finite iterator: the per-batch sums, summed, turned into dataset-level
+    figures by `trainer.summarize_eval` (losses divided by all the dev set's tokens, not averaged
+    per batch)."""
     totals: dict[str, float] = {}
-    batches_seen = 0
     for batch in batches:
         metrics = _host_metrics(trainer.eval_step(state, trainer.shard_batch(batch)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + value
-        batches_seen += 1
-    if not batches_seen:
+    if not totals:
         raise ValueError("the evaluation iterator yielded no batch; check the dev data")
-    if hasattr(trainer, "summarize_eval"):
-        return _host_metrics(trainer.summarize_eval(totals))
-    return {name: value / batches_seen for name, value in totals.items()}
+    return _host_metrics(trainer.summarize_eval(totals))
 
 
 def train(trainer, *, workdir, options: LoopOptions, train_batches: Iterator,
