@@ -11,6 +11,7 @@ import signal
 import sys
 
 from sonar_jax.corpus.shards import DEFAULT_SHARD_ROWS
+from sonar_jax.models import registry
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
 
 # Where `sonar-jax data build` keeps downloaded Debian packages between builds.
@@ -366,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="convert a released SONAR .pt checkpoint (no torch needed)")
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="new directory to create (must not exist)")
-    convert.add_argument("--model", required=True,
-                         choices=["text_encoder", "text_decoder", "speech_encoder", "blaser",
-                                  "mutox"])
+    convert.add_argument("--model", required=True, choices=list(registry.KINDS))
     convert.add_argument("--num-heads", type=int, default=16,
                          help="attention heads (not inferable from shapes; released models: "
                               "16; for a speech encoder, the pooler's)")

@@ -11,36 +11,15 @@ fused on the fly); `config` is the model's TextModelConfig, which is hashable an
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
 from sonar_jax.config import TextModelConfig
 from sonar_jax.generate import Generation, GenerationConfig, beam_search, sample
-from sonar_jax.models import qkv_layout
+from sonar_jax.models import registry
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import EncoderOutput, TextEncoder
-
-
-@functools.lru_cache(maxsize=32)
-def _abstract(model_cls: type, config: TextModelConfig):
-    """(graphdef, abstract state) of a module, built once per config without allocating weights."""
-    return nnx.split(nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0))))
-
-
-def bind(model_cls: type, params: Any, config: TextModelConfig) -> nnx.Module:
-    """The module of `config` whose parameters are `params` (works on tracers)."""
-    graphdef, abstract = _abstract(model_cls, config)
-    if isinstance(params, nnx.State):
-        return nnx.merge(graphdef, params)
-    state = jax.tree.map(lambda x: x, abstract)  # a fresh copy to fill
-    if qkv_layout.needs_fusing(params):
-        params = qkv_layout.fuse_tree(params, jnp)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
 
 
 def encode(params: Any, tokens: jax.Array, padding: jax.Array | None = None, *,
@@ -50,13 +29,13 @@ def encode(params: Any, tokens: jax.Array, padding: jax.Array | None = None, *,
     padding: boolean [B, T], True at padded positions; default: positions holding the pad id.
     """
     seq_lens = None if padding is None else (~padding).sum(axis=1).astype("int32")
-    return bind(TextEncoder, params, config)(tokens, seq_lens)
+    return registry.bind(TextEncoder, config, params)(tokens, seq_lens)
 
 
 def decode(params: Any, embeddings: jax.Array, tokens: jax.Array, *,
            config: TextModelConfig) -> jax.Array:
     """Teacher-forced next-token logits [B, T, V] (float32) for decoder inputs `[eos, lang, ...]`."""
-    return bind(TextDecoder, params, config)(embeddings, tokens)
+    return registry.bind(TextDecoder, config, params)(embeddings, tokens)
 
 
 def generate(params: Any, embeddings: jax.Array, lang_ids: jax.Array, *,
@@ -64,7 +43,7 @@ def generate(params: Any, embeddings: jax.Array, lang_ids: jax.Array, *,
              max_seq_len: jax.Array | int | None = None, rng: jax.Array | None = None
              ) -> Generation:
     """Beam search (or sampling, with `rng`) from embeddings [N, D] to `lang_ids` [N]."""
-    decoder = bind(TextDecoder, params, config)
+    decoder = registry.bind(TextDecoder, config, params)
     if generation.sample:
         if rng is None:
             raise ValueError("sampling needs an rng key")

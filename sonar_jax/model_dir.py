@@ -26,16 +26,11 @@ from typing import Any, Iterator, Sequence
 from flax import nnx
 
 from sonar_jax import checkpoint
-from sonar_jax.config import BlaserConfig, MutoxConfig, SpeechModelConfig, TextModelConfig
-from sonar_jax.models import qkv_layout
+from sonar_jax.models import qkv_layout, registry
 from sonar_jax.tokenizer import NllbTokenizer
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: q/k/v projections stored apart
-CONFIG_CLASSES = {"text_encoder": TextModelConfig, "text_decoder": TextModelConfig,
-                  "speech_encoder": SpeechModelConfig, "blaser": BlaserConfig,
-                  "mutox": MutoxConfig}
-TEXT_KINDS = ("text_encoder", "text_decoder")  # the kinds that carry a tokenizer
 CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
 
 
@@ -64,7 +59,7 @@ def write_model_dir(out_dir: str | pathlib.Path, kind: str,
                     cfg: Any, params: Any, tokenizer: NllbTokenizer | None) -> pathlib.Path:
     """Writes a converted model directory; a text model's tokenizer must match its vocabulary,
     other kinds have none."""
-    if (tokenizer is None) == (kind in TEXT_KINDS):
+    if (tokenizer is None) == registry.kind(kind).has_tokenizer:
         raise ValueError(f"a {kind} directory " + ("has no tokenizer" if tokenizer is not None
                                                     else "needs its tokenizer"))
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
@@ -91,9 +86,9 @@ def _read_config_file(model_dir: str | pathlib.Path) -> dict:
     if config.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path}: format {config.get('format')!r} is not supported "
                          f"(this sonar_jax reads formats {READABLE_FORMATS})")
-    if config.get("kind") not in CONFIG_CLASSES:
+    if config.get("kind") not in registry.KINDS:
         raise ValueError(f"{path}: unknown model kind {config.get('kind')!r}; this sonar_jax "
-                         f"reads {sorted(CONFIG_CLASSES)}")
+                         f"reads {sorted(registry.KINDS)}")
     return config
 
 
@@ -101,7 +96,7 @@ def read_config(model_dir: str | pathlib.Path
                 ) -> tuple[str, Any]:
     """(kind, config) of a converted directory, with errors that say what is wrong."""
     config = _read_config_file(model_dir)
-    return config["kind"], CONFIG_CLASSES[config["kind"]].from_dict(config["model"])
+    return config["kind"], registry.KINDS[config["kind"]].config.from_dict(config["model"])
 
 
 def load_params(model_dir: str | pathlib.Path, *, dtype: str | None = None,
@@ -140,11 +135,6 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
     sharding: as in `checkpoint.restore_params`. No random initialisation happens: the module is
     built abstractly and its state replaced by the restored arrays.
     """
-    from sonar_jax.models.heads import BlaserModel, MutoxClassifier
-    from sonar_jax.models.speech_encoder import SpeechEncoder
-    from sonar_jax.models.text_decoder import TextDecoder
-    from sonar_jax.models.text_encoder import TextEncoder
-
     kind, cfg = read_config(model_dir)
     if expected_kind is not None and kind != expected_kind:
         raise ValueError(f"{model_dir} holds a {kind}, but a {expected_kind} was asked for")
@@ -154,14 +144,8 @@ def load_model(model_dir: str | pathlib.Path, *, expected_kind: str | None = Non
     if param_dtype is not None:
         overrides["param_dtype"] = param_dtype
     cfg = cfg.replace(**overrides)
-    model_cls = {"text_encoder": TextEncoder, "text_decoder": TextDecoder,
-                 "speech_encoder": SpeechEncoder, "blaser": BlaserModel,
-                 "mutox": MutoxClassifier}[kind]
-    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, load_params(model_dir, dtype=cfg.param_dtype,
+    return registry.bind(kind, cfg, load_params(model_dir, dtype=cfg.param_dtype,
                                                 sharding=sharding))
-    return nnx.merge(graphdef, state)
 
 
 def langs_from_arg(langs: str | Sequence[str] | None) -> list[str] | None:

@@ -15,7 +15,7 @@ from sonar_jax.configs import get_config
 from sonar_jax.data.speech import (cache_teacher_embeddings, make_speech_eval_iterator,
                                    make_speech_train_iterator, read_manifest)
 from sonar_jax.evaluate.xsim import xsim
-from sonar_jax.functional import bind
+from sonar_jax.models import registry
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train.speech_distill import SpeechDistillTrainer
@@ -83,8 +83,8 @@ def _embeddings(trainer, state, batches, teacher):
         real = batch["num_samples"] > 0
         out = fn(state.params["student"], state.model_state["student"], batch)
         student.append(np.asarray(out)[real])
-        target.append(np.asarray(bind(TextEncoder, nnx.state(teacher), trainer.teacher_cfg)(
-            batch["text"]).sentence_embeddings)[real])
+        bound = registry.bind(TextEncoder, trainer.teacher_cfg, nnx.state(teacher))
+        target.append(np.asarray(bound(batch["text"]).sentence_embeddings)[real])
         texts += [tuple(row) for row in batch["text"][real]]
     return np.concatenate(student), np.concatenate(target), texts
 

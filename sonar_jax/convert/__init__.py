@@ -7,9 +7,8 @@ import pathlib
 from sonar_jax.convert import heads, speech, text
 from sonar_jax.convert.torch_pickle import open_checkpoint
 from sonar_jax.model_dir import write_model_dir
+from sonar_jax.models import registry
 from sonar_jax.tokenizer import NllbTokenizer
-
-KINDS = ("text_encoder", "text_decoder", "speech_encoder", "blaser", "mutox")
 
 
 def convert_checkpoint(src: str | pathlib.Path, out_dir: str | pathlib.Path, kind: str, *,
@@ -25,11 +24,11 @@ def convert_checkpoint(src: str | pathlib.Path, out_dir: str | pathlib.Path, kin
     forms (`heads.blaser_input_form`). Nothing is written at `out_dir` unless the whole
     conversion succeeds.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown --model {kind!r}; expected one of {list(KINDS)}")
+    if kind not in registry.KINDS:
+        raise ValueError(f"unknown --model {kind!r}; expected one of {list(registry.KINDS)}")
     if embedding_dim is not None and kind != "blaser":
         raise ValueError("--embedding-dim is for --model blaser only")
-    if kind not in text.KINDS:
+    if not registry.KINDS[kind].has_tokenizer:
         if tokenizer is not None or langs is not None:
             raise ValueError(f"a {kind} has no tokenizer (it reads "
                              f"{'audio' if kind == 'speech_encoder' else 'embeddings'}): drop "

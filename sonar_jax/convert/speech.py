@@ -245,13 +245,9 @@ def _converted_shape(lazy, transform) -> tuple | None:
 def _check_shapes(plan: list, cfg: SpeechModelConfig, source: str) -> None:
     """Every tensor must have the shape the model built from `cfg` expects (checked before any
     tensor is read, so an inconsistent file fails fast and names the tensor)."""
-    from flax import nnx
+    from sonar_jax.models import registry
 
-    from sonar_jax.models.speech_encoder import SpeechEncoder
-
-    abstract = nnx.eval_shape(lambda: SpeechEncoder(cfg, rngs=nnx.Rngs(0)))
-    expected = {tuple(str(k) for k in path): tuple(leaf.shape)
-                for path, leaf in nnx.to_flat_state(nnx.state(abstract))}
+    expected = registry.variable_shapes("speech_encoder", cfg)
     for key, lazy, path, layer, slot, transform in plan:
         shape = _converted_shape(lazy, transform)
         if shape is None or expected.get(path) != _stacked(qkv.slot_shape(shape, slot), layer,

@@ -17,7 +17,6 @@ import numpy as np
 from sonar_jax.config import TextModelConfig
 from sonar_jax.models import qkv_layout as qkv
 
-KINDS = ("text_encoder", "text_decoder")
 
 # fairseq(1) module names inside a layer -> fairseq2 names (the reference's legacy-checkpoint map).
 FAIRSEQ1_LAYER_RENAMES = [
@@ -158,8 +157,9 @@ def convert_state_dict(state_dict: dict, kind: str, *, num_heads: int = 16,
     `state_dict` values are lazy tensors (`shape`, `load()`), read one at a time. `vocab_size`,
     when given, is the tokenizer's: a mismatch is reported before any tensor is read.
     """
-    if kind not in KINDS:
-        raise ConversionError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    if kind not in _PREFIX:
+        raise ConversionError(f"unknown text model kind {kind!r}; expected one of "
+                              f"{list(_PREFIX)}")
     state_dict = dict(state_dict)
     fairseq1 = is_fairseq1(state_dict)
     if fairseq1:
@@ -203,13 +203,9 @@ def _check_shapes(plan: list, cfg: TextModelConfig, kind: str, source: str) -> N
     tensor is read, so an inconsistent file fails fast and names the tensor)."""
     from flax import nnx
 
-    from sonar_jax.models.text_decoder import TextDecoder
-    from sonar_jax.models.text_encoder import TextEncoder
+    from sonar_jax.models import registry
 
-    model_cls = TextEncoder if kind == "text_encoder" else TextDecoder
-    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    expected = {tuple(str(k) for k in path): tuple(leaf.shape) for path, leaf in
-                nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+    expected = registry.variable_shapes(kind, cfg, nnx.Param)
     for key, lazy, path, layer, slot, transpose in plan:
         shape = _target_shape(lazy, layer, slot, transpose, cfg)
         if expected.get(path) != shape:

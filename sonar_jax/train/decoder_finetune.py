@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sonar_jax import sharding
-from sonar_jax.functional import bind
+from sonar_jax.models import registry
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
@@ -85,8 +85,8 @@ class DecoderFinetuneTrainer(Trainer):
 
     def _loss(self, params: dict, batch: Mapping[str, jax.Array], totals: Mapping[str, Any],
               ctx: StepContext) -> tuple[jax.Array, dict, Any]:
-        encoder = bind(TextEncoder, ctx.frozen["encoder"], self.enc_cfg)
-        decoder = bind(TextDecoder, params["decoder"], self.dec_cfg)
+        encoder = registry.bind(TextEncoder, self.enc_cfg, ctx.frozen["encoder"])
+        decoder = registry.bind(TextDecoder, self.dec_cfg, params["decoder"])
         source, target = batch["source"], batch["target"]
         embeddings = jax.lax.stop_gradient(
             interleaved_embeddings(encoder, [source, target], self.pad_idx))  # [B, 2, D]

@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 
 from sonar_jax.model_dir import langs_from_arg, load_model, load_tokenizer, write_model_dir
+from sonar_jax.models import registry
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train.loop import LoopOptions, LoopResult
 from sonar_jax.train.trainer import Trainer
@@ -57,12 +58,6 @@ def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
     (sharded parameters are gathered); process 0 writes."""
     from jax.experimental import multihost_utils
 
-    from sonar_jax.models.speech_encoder import SpeechEncoder
-    from sonar_jax.models.text_decoder import TextDecoder
-    from sonar_jax.models.text_encoder import TextEncoder
-
-    exports = {TextEncoder: ("text_encoder", "encoder"), TextDecoder: ("text_decoder", "decoder"),
-               SpeechEncoder: ("speech_encoder", "speech_encoder")}  # class -> (kind, folder)
     params = dict(trainer.export_params(state))
     params.update({part: trainer.frozen[part] for part in with_frozen})
     params = multihost_utils.process_allgather(params, tiled=True)
@@ -70,9 +65,10 @@ def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
         return
     for part, host in params.items():
         model_cls, part_cfg = {**trainer.parts, **trainer.frozen_parts}[part]
-        kind, folder = exports[model_cls]
-        write_model_dir(out_dir / folder, kind, part_cfg.replace(dtype="float32"), host,
-                        None if kind == "speech_encoder" else tokenizer)
+        kind = registry.kind(model_cls)
+        write_model_dir(out_dir / kind.export_folder, kind.name,
+                        part_cfg.replace(dtype="float32"), host,
+                        tokenizer if kind.has_tokenizer else None)
 
 
 def text_batches(cfg, tokenizer: NllbTokenizer, *, noise: bool):
@@ -95,14 +91,11 @@ def text_batches(cfg, tokenizer: NllbTokenizer, *, noise: bool):
 
 def host_module(model_cls, part_cfg, params):
     """A float32 module on this host from (possibly sharded) parameters, gathered from the mesh."""
-    from flax import nnx
     from jax.experimental import multihost_utils
 
     params = multihost_utils.process_allgather(params, tiled=True)
-    part_cfg = part_cfg.replace(dtype="float32")
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(part_cfg, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(abstract, jax.tree.map(jax.numpy.asarray, params))
-    return nnx.merge(graphdef, abstract)
+    return registry.bind(model_cls, part_cfg.replace(dtype="float32"),
+                         jax.tree.map(jax.numpy.asarray, params))
 
 
 def trained_module(trainer: Trainer, state, part: str):

@@ -29,8 +29,8 @@ from jax.sharding import Mesh
 
 from sonar_jax import audio, sharding
 from sonar_jax.configs.architectures import speech_model_config, text_model_config
-from sonar_jax.functional import bind
 from sonar_jax.model_dir import load_model, load_tokenizer
+from sonar_jax.models import registry
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.train import losses
@@ -102,7 +102,8 @@ class SpeechDistillTrainer(Trainer):
             feats = audio.spec_augment(feats, lengths, rng, time_masks=aug.time_masks,
                                        time_width=aug.time_width, freq_masks=aug.freq_masks,
                                        freq_width=aug.freq_width)
-        student = bind(SpeechEncoder, merge_trees(params, model_state), self.student_cfg)
+        student = registry.bind(SpeechEncoder, self.student_cfg,
+                                merge_trees(params, model_state))
         if train:
             student.train()  # BatchNorm on the batch's valid frames, running averages updated
         embeddings = student(feats, lengths).sentence_embeddings
@@ -111,7 +112,7 @@ class SpeechDistillTrainer(Trainer):
     def teacher_embeddings(self, frozen: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         if self.teacher_mode == "cached":
             return batch["teacher"]
-        teacher = bind(TextEncoder, frozen["teacher"], self.teacher_cfg)
+        teacher = registry.bind(TextEncoder, self.teacher_cfg, frozen["teacher"])
         return teacher(batch["text"]).sentence_embeddings.astype(jnp.float32)
 
     def _loss(self, params: dict, batch: Mapping[str, jax.Array], totals: Mapping[str, Any],

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from sonar_jax import sharding
 from sonar_jax.config import TextModelConfig
 from sonar_jax.configs.architectures import text_model_config
-from sonar_jax.functional import bind
+from sonar_jax.models import registry
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
@@ -180,8 +180,8 @@ class TextTrainer(Trainer):
         and DAE rows, which share their decoder inputs and labels.
         """
         lc = self.loss_cfg
-        encoder = bind(TextEncoder, params["encoder"], self.enc_cfg)
-        decoder = bind(TextDecoder, params["decoder"], self.dec_cfg)
+        encoder = registry.bind(TextEncoder, self.enc_cfg, params["encoder"])
+        decoder = registry.bind(TextDecoder, self.dec_cfg, params["decoder"])
         target = batch["target"]
         weights = self._targets(batch)
 

@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sonar_jax import sharding
+from sonar_jax.models import registry
 from sonar_jax.train import optim
 
 
@@ -62,7 +63,7 @@ class StepContext:
 def abstract_variables(model_cls, model_cfg, kind=nnx.Param) -> tuple[Any, Any]:
     """(pure-dict tree of ShapeDtypeStructs, matching tree of logical axis names) of one
     variable kind of a module, built without allocating."""
-    state = nnx.state(nnx.eval_shape(lambda: model_cls(model_cfg, rngs=nnx.Rngs(0))), kind)
+    state = registry.abstract(model_cls, model_cfg)[1].filter(kind)
     return nnx.to_pure_dict(state), sharding.logical_axes_of_state(state)
 
 
