@@ -64,7 +64,7 @@ def run(suite: suites.Suite, args) -> dict:
         ids_t = torch.from_numpy(hf_ids(ids)).to(peer.device)
         mask_t = torch.ones_like(ids_t)
         sides = {name: harness.jax_ready(
-            lambda g=graphdef, s=state: pipelines._encode(g, s, ids_j, lens_j))
+            lambda g=graphdef, s=state: pipelines.encode_program(g, s, ids_j, lens_j))
             for name, (graphdef, state) in variants(t2e).items()}
 
         def hf():

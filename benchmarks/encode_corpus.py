@@ -80,7 +80,7 @@ def run(suite: suites.Suite, args) -> dict:
     result["padding"] = padding(sentences, tokens, batch_size, device_batches)
 
     def device_only():
-        outs = [pipelines._encode(t2e._graphdef, t2e._state, ids, lens)
+        outs = [pipelines.encode_program(t2e._graphdef, t2e._state, ids, lens)
                 for ids, lens in device_batches]
         return jax.block_until_ready(outs)
     device_only()

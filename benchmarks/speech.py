@@ -43,7 +43,7 @@ def run(suite: suites.Suite, args) -> dict:
     record = {"workload": "speech", "speech_config": cfg.to_dict(), "utterances": utterances,
               "seconds": seconds,
               "parity": parity(graphdef, state, fbank_j, lengths_j, hf, suite),
-              **harness.compare({"ours": harness.jax_ready(lambda: pipelines._encode(
+              **harness.compare({"ours": harness.jax_ready(lambda: pipelines.encode_program(
                                      graphdef, state, fbank_j, lengths_j)),
                                  "peer": harness.torch_ready(hf)},
                                 args.repeats, wait_for_idle_s=args.wait_for_idle)}

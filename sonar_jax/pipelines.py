@@ -17,7 +17,7 @@ import functools
 import logging
 import pathlib
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_GEN_LEN = (1.0, 128)
 
 
-def _model(model, kind: str, dtype: str | None):
+def inference_model(model, kind: str, dtype: str | None):
     """The model for inference: loaded if a directory, with its layer stacks unrolled into lists
     (`layers.unstacked`: the compiled programs then read every layer's weights in place)."""
     if isinstance(model, (str, pathlib.Path)):
@@ -75,7 +75,8 @@ def read_sentences(input: str | pathlib.Path | Sequence[str]) -> list[str]:
     return sentences
 
 
-def _progress(total: int, enabled: bool, unit: str):
+def progress(total: int, enabled: bool, unit: str):
+    """The pipelines' progress bar (tqdm on stderr), a no-op when not `enabled`."""
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, unit=unit, file=sys.stderr,
@@ -83,7 +84,9 @@ def _progress(total: int, enabled: bool, unit: str):
 
 
 @functools.partial(inference_jit, static_argnames="graphdef")
-def _encode(graphdef, state, tokens, lengths):
+def encode_program(graphdef, state, tokens, lengths):
+    """The compiled encoder of the embedding pipelines (text and speech: any module whose output
+    has `sentence_embeddings`), one program per batch shape."""
     return nnx.merge(graphdef, state)(tokens, lengths).sentence_embeddings
 
 
@@ -92,7 +95,7 @@ class TextToEmbeddingModelPipeline:
 
     def __init__(self, encoder: str | pathlib.Path | TextEncoder, tokenizer=None, *,
                  dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
-        self.model = _model(encoder, "text_encoder", dtype)
+        self.model = inference_model(encoder, "text_encoder", dtype)
         self.tokenizer = _tokenizer(tokenizer, encoder)
         self.parallel = batching.DataParallel(devices)
         self._graphdef, state = nnx.split(self.model)
@@ -141,9 +144,9 @@ class TextToEmbeddingModelPipeline:
                 yield (batch.indices, *self.parallel.shard_rows(ids, lengths))
 
         pending = None
-        with _progress(len(tokens), progress_bar, "sent") as bar:
+        with progress(len(tokens), progress_bar, "sent") as bar:
             for indices, ids, lengths in prefetch(on_device()):
-                running = (indices, _encode(self._graphdef, self._state, ids, lengths))
+                running = (indices, encode_program(self._graphdef, self._state, ids, lengths))
                 if pending is not None:
                     yield _fetched(*pending)
                     bar.update(len(pending[0]))
@@ -151,6 +154,13 @@ class TextToEmbeddingModelPipeline:
             if pending is not None:
                 yield _fetched(*pending)
                 bar.update(len(pending[0]))
+
+    def embed(self, tokens: Sequence[Sequence[int]], **batching_args: Any) -> np.ndarray:
+        """Embeddings [N, D] of token sequences in input order (`embed_tokens`' batching)."""
+        result = np.zeros((len(tokens), self.model.cfg.model_dim), np.float32)
+        for indices, embeddings in self.embed_tokens(tokens, **batching_args):
+            result[indices] = embeddings
+        return result
 
     def predict(self, input: str | pathlib.Path | Sequence[str], source_lang: str,
                 batch_size: int | None = 5, batch_max_tokens: int | None = None,
@@ -171,7 +181,7 @@ class TextToEmbeddingModelPipeline:
         windows = ((start, self._tokenize(sentences[start:start + TOKENIZE_WINDOW], source_lang,
                                           max_seq_len)) for start in starts)
         truncated = 0
-        with _progress(len(sentences), progress_bar, "sent") as bar:
+        with progress(len(sentences), progress_bar, "sent") as bar:
             for start, (tokens, window_truncated) in prefetch(windows):
                 truncated += window_truncated
                 for indices, embeddings in self.embed_tokens(tokens, batch_size=batch_size,
@@ -198,18 +208,54 @@ def _fetched(indices: np.ndarray, out: jax.Array) -> tuple[np.ndarray, np.ndarra
     return indices, np.asarray(out, np.float32)[: len(indices)]
 
 
-def generation_config(*, beam_size: int = 5, sampler=None, min_gen_len: int = 1,
-                      len_penalty: float = 1.0, normalize_scores: bool = True,
-                      unk_penalty: float = 0.0, temperature: float = 1.0,
-                      capacity: int = 512) -> GenerationConfig:
-    if sampler is not None and not isinstance(sampler, (TopKSampler, TopPSampler, str)):
-        raise TypeError(f"sampler must be a TopKSampler, a TopPSampler or 'full', "
-                        f"got {type(sampler).__name__}")
-    return GenerationConfig(capacity=capacity, beam_size=beam_size, sample=sampler is not None,
-                            sampler=None if isinstance(sampler, str) else sampler,
-                            min_gen_len=min_gen_len, len_penalty=len_penalty,
-                            normalize_scores=normalize_scores, unk_penalty=unk_penalty,
-                            temperature=temperature)
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """How the X-to-text pipelines generate, with the reference's `predict` keyword names
+    (every pipeline's `predict(..., sampler=None, **generation)` builds one).
+
+    sampler: None for beam search, else TopKSampler(k), TopPSampler(p) or "full" (sampling from
+    the whole distribution). max_seq_len caps the positions (prompt included); max_gen_len =
+    (a, b) allows a · source length + b new tokens, source length in the input's own units
+    (tokens for text, fbank frames for speech, the embedding width for embeddings). seed keys
+    the sampling.
+    """
+
+    sampler: TopKSampler | TopPSampler | str | None = None
+    beam_size: int = 5
+    max_seq_len: int | None = None
+    max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN
+    min_gen_len: int = 1
+    len_penalty: float = 1.0
+    normalize_scores: bool = True
+    unk_penalty: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sampler is not None and not isinstance(self.sampler,
+                                                       (TopKSampler, TopPSampler, str)):
+            raise TypeError(f"sampler must be a TopKSampler, a TopPSampler or 'full', got "
+                            f"{type(self.sampler).__name__}")
+        object.__setattr__(self, "max_gen_len", tuple(self.max_gen_len))
+        self.config()  # the search settings are checked now, not at the first batch
+
+    @classmethod
+    def of(cls, sampler=None, **generation: Any) -> "GenerationOptions":
+        """The options of a `predict` call, with an error naming an unknown keyword."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(generation) - known)
+        if unknown:
+            raise TypeError(f"unknown generation options {unknown}; known: {sorted(known)}")
+        return cls(sampler=sampler, **generation)
+
+    def config(self, capacity: int = 512) -> GenerationConfig:
+        """The compiled program's settings, for a KV cache of `capacity` positions."""
+        return GenerationConfig(capacity=capacity, beam_size=self.beam_size,
+                                sample=self.sampler is not None,
+                                sampler=None if isinstance(self.sampler, str) else self.sampler,
+                                min_gen_len=self.min_gen_len, len_penalty=self.len_penalty,
+                                normalize_scores=self.normalize_scores,
+                                unk_penalty=self.unk_penalty, temperature=self.temperature)
 
 
 class EmbeddingToTextModelPipeline:
@@ -217,7 +263,7 @@ class EmbeddingToTextModelPipeline:
 
     def __init__(self, decoder: str | pathlib.Path | TextDecoder, tokenizer=None, *,
                  dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
-        self.model = _model(decoder, "text_decoder", dtype)
+        self.model = inference_model(decoder, "text_decoder", dtype)
         self.tokenizer = _tokenizer(tokenizer, decoder)
         self.parallel = batching.DataParallel(devices)
         self._replicated = None
@@ -233,23 +279,17 @@ class EmbeddingToTextModelPipeline:
         return min(limit, PROMPT_LEN + int(max_gen_len[0] * source_len + max_gen_len[1]))
 
     def predict_in_source_order(self, embeddings: np.ndarray, source_lengths: Sequence[int],
-                                target_lang: str, batch_size: int, progress_bar: bool, sampler,
-                                *, beam_size: int, max_seq_len: int | None,
-                                max_gen_len: tuple[float, int], min_gen_len: int,
-                                len_penalty: float, normalize_scores: bool, unk_penalty: float,
-                                temperature: float, seed: int) -> list[str]:
+                                target_lang: str, options: GenerationOptions, *,
+                                batch_size: int, progress_bar: bool = False) -> list[str]:
         """Texts of `embeddings` batched as the reference's X-to-text pipelines do: fixed batches
         in input order, each limited by its longest source (`source_lengths`, in the source's
         own units: tokens for text, fbank frames for speech)."""
         lang_id = self.tokenizer.lang_id(target_lang)
-        config = generation_config(beam_size=beam_size, sampler=sampler, min_gen_len=min_gen_len,
-                                   len_penalty=len_penalty, normalize_scores=normalize_scores,
-                                   unk_penalty=unk_penalty, temperature=temperature)
         batches = list(batching.in_order(source_lengths, batch_size))
-        limits = [self.max_len_for(max(source_lengths[i] for i in b.indices), max_seq_len,
-                                   max_gen_len) for b in batches]
-        ids = self.generate_batches(embeddings, batches, lang_id, config, limits, seed,
-                                    progress_bar)
+        limits = [self.max_len_for(max(source_lengths[i] for i in b.indices),
+                                   options.max_seq_len, options.max_gen_len) for b in batches]
+        ids = self.generate_batches(embeddings, batches, lang_id, options.config(), limits,
+                                    options.seed, progress_bar)
         return [self.tokenizer.decode(t) for t in ids]
 
     def generate_batches(self, embeddings: np.ndarray, batches: Iterable[batching.Batch],
@@ -262,7 +302,7 @@ class EmbeddingToTextModelPipeline:
         decoder = nnx.merge(*self._replicated)
         results: list[list[int]] = [[] for _ in range(len(embeddings))]
         rng = jax.random.key(seed)
-        with _progress(len(embeddings), progress_bar, "sent") as bar:
+        with progress(len(embeddings), progress_bar, "sent") as bar:
             for batch, limit in zip(batches, limits):
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 chunk = np.zeros((rows, embeddings.shape[1]), np.float32)
@@ -281,19 +321,14 @@ class EmbeddingToTextModelPipeline:
         return results
 
     def predict(self, inputs, target_lang: str, batch_size: int = 5, progress_bar: bool = False,
-                sampler=None, *, beam_size: int = 5, max_seq_len: int | None = None,
-                max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
-                len_penalty: float = 1.0, normalize_scores: bool = True,
-                unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
-        """`sampler`: None for beam search, else TopKSampler(k), TopPSampler(p) or 'full'."""
+                sampler=None, **generation: Any) -> list[str]:
+        """Texts of embeddings [N, D]; `sampler` and `generation`: `GenerationOptions`."""
+        options = GenerationOptions.of(sampler, **generation)
         embeddings = self._check_embeddings(inputs)
         # The reference's "source" here is the [N, D] embedding matrix, so source_len = D.
         return self.predict_in_source_order(
-            embeddings, [embeddings.shape[1]] * len(embeddings), target_lang, batch_size,
-            progress_bar, sampler, beam_size=beam_size, max_seq_len=max_seq_len,
-            max_gen_len=max_gen_len, min_gen_len=min_gen_len, len_penalty=len_penalty,
-            normalize_scores=normalize_scores, unk_penalty=unk_penalty, temperature=temperature,
-            seed=seed)
+            embeddings, [embeddings.shape[1]] * len(embeddings), target_lang, options,
+            batch_size=batch_size, progress_bar=progress_bar)
 
 
 class TextToTextModelPipeline:
@@ -307,18 +342,12 @@ class TextToTextModelPipeline:
             decoder, self.text_to_embedding.tokenizer, dtype=dtype, devices=devices)
 
     def predict(self, input, source_lang: str, target_lang: str, batch_size: int = 5,
-                progress_bar: bool = False, sampler=None, *, beam_size: int = 5,
-                max_seq_len: int | None = None,
-                max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
-                len_penalty: float = 1.0, normalize_scores: bool = True,
-                unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
+                progress_bar: bool = False, sampler=None, **generation: Any) -> list[str]:
+        """Translations of sentences; `sampler` and `generation`: `GenerationOptions`."""
+        options = GenerationOptions.of(sampler, **generation)
         sentences = read_sentences(input)
-        encoder_pipe, decoder_pipe = self.text_to_embedding, self.embedding_to_text
-        tokens = encoder_pipe.tokenize(sentences, source_lang)
-        embeddings = encoder_pipe.predict(sentences, source_lang, batch_size=batch_size,
-                                          progress_bar=False)
-        return decoder_pipe.predict_in_source_order(
-            embeddings, [len(t) for t in tokens], target_lang, batch_size, progress_bar, sampler,
-            beam_size=beam_size, max_seq_len=max_seq_len, max_gen_len=max_gen_len,
-            min_gen_len=min_gen_len, len_penalty=len_penalty, normalize_scores=normalize_scores,
-            unk_penalty=unk_penalty, temperature=temperature, seed=seed)
+        tokens = self.text_to_embedding.tokenize(sentences, source_lang)
+        embeddings = self.text_to_embedding.embed(tokens, batch_size=batch_size)
+        return self.embedding_to_text.predict_in_source_order(
+            embeddings, [len(t) for t in tokens], target_lang, options, batch_size=batch_size,
+            progress_bar=progress_bar)

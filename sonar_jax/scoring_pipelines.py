@@ -25,7 +25,8 @@ from sonar_jax import batching
 from sonar_jax.cosine import check_embeddings
 from sonar_jax.model_dir import load_model
 from sonar_jax.models.heads import BlaserModel, MutoxClassifier
-from sonar_jax.pipelines import TextToEmbeddingModelPipeline, _model, _progress, read_sentences
+from sonar_jax.pipelines import (TextToEmbeddingModelPipeline, inference_model, progress,
+                                 read_sentences)
 
 DEFAULT_BATCH = 256  # embeddings scored per call: the heads are small MLPs
 
@@ -52,7 +53,7 @@ class ScoringHead:
 
     def __init__(self, model, kind: str, dtype: str | None,
                  devices: Sequence[jax.Device] | None):
-        self.model = _model(model, kind, dtype)
+        self.model = inference_model(model, kind, dtype)
         expected = BlaserModel if kind == "blaser" else MutoxClassifier
         if not isinstance(self.model, expected):
             raise TypeError(f"expected a {expected.__name__} or its converted directory, got "
@@ -93,7 +94,7 @@ class ScoringHead:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         total = len(arrays[0])
         scores = np.zeros(total, np.float32)
-        with _progress(total, progress_bar, "row") as bar:
+        with progress(total, progress_bar, "row") as bar:
             for start in range(0, total, batch_size):
                 count = min(batch_size, total - start)
                 rows = batching.rows_bucket(count, self.parallel.size)

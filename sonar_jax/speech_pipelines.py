@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -24,8 +24,8 @@ from flax import nnx
 from sonar_jax import audio, batching
 from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
-from sonar_jax.pipelines import (DEFAULT_MAX_GEN_LEN, EmbeddingToTextModelPipeline, _encode,
-                                 _model, _progress)
+from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, encode_program,
+                                 inference_model, progress)
 
 
 def _check_inputs(input) -> list:
@@ -40,7 +40,7 @@ class SpeechToEmbeddingModelPipeline:
 
     def __init__(self, encoder: str | pathlib.Path | SpeechEncoder, *, dtype: str | None = None,
                  devices: Sequence[jax.Device] | None = None):
-        self.model = _model(encoder, "speech_encoder", dtype)
+        self.model = inference_model(encoder, "speech_encoder", dtype)
         self.parallel = batching.DataParallel(devices)
         self._graphdef, state = nnx.split(self.model)
         self._state = self.parallel.replicate(state)
@@ -72,14 +72,14 @@ class SpeechToEmbeddingModelPipeline:
         batches = batching.pack_by_length([len(f) for f in fbanks], batch_size=batch_size,
                                           max_tokens=batch_max_frames)
         limit = self.model.max_fbank_frames()
-        with _progress(len(fbanks), progress_bar, "utt") as bar:
+        with progress(len(fbanks), progress_bar, "utt") as bar:
             for batch in batches:
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 width = batching.length_bucket(int(batch.lengths.max()), limit)
                 feats, lengths = pad_features([fbanks[i] for i in batch.indices], rows, width,
                                               self.model.cfg.fbank_stride)
                 feats, lengths = self.parallel.shard_rows(feats, lengths)
-                out = _encode(self._graphdef, self._state, feats, lengths)
+                out = encode_program(self._graphdef, self._state, feats, lengths)
                 yield batch.indices, np.asarray(out[: len(batch.indices)], np.float32)
                 bar.update(len(batch.indices))
 
@@ -136,10 +136,10 @@ class SpeechToTextModelPipeline:
 
     def predict(self, input: Sequence, target_lang: str, batch_size: int = 3,
                 progress_bar: bool = False, sampler=None, *, sample_rate: int | None = None,
-                beam_size: int = 5, max_seq_len: int | None = None,
-                max_gen_len: tuple[float, int] = DEFAULT_MAX_GEN_LEN, min_gen_len: int = 1,
-                len_penalty: float = 1.0, normalize_scores: bool = True,
-                unk_penalty: float = 0.0, temperature: float = 1.0, seed: int = 0) -> list[str]:
+                **generation: Any) -> list[str]:
+        """Texts of audio (files or waveforms at `sample_rate`); `sampler` and `generation`:
+        `pipelines.GenerationOptions`."""
+        options = GenerationOptions.of(sampler, **generation)
         decoder_pipe = self.embedding_to_text
         decoder_pipe.tokenizer.lang_id(target_lang)  # fail before decoding any audio
         fbanks = self.speech_to_embedding.features(input, sample_rate)
@@ -147,7 +147,5 @@ class SpeechToTextModelPipeline:
         # As the reference: each in-order batch limited by a·(its longest input in fbank
         # frames) + b new tokens.
         return decoder_pipe.predict_in_source_order(
-            embeddings, [len(f) for f in fbanks], target_lang, batch_size, progress_bar, sampler,
-            beam_size=beam_size, max_seq_len=max_seq_len, max_gen_len=max_gen_len,
-            min_gen_len=min_gen_len, len_penalty=len_penalty, normalize_scores=normalize_scores,
-            unk_penalty=unk_penalty, temperature=temperature, seed=seed)
+            embeddings, [len(f) for f in fbanks], target_lang, options, batch_size=batch_size,
+            progress_bar=progress_bar)

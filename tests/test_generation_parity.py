@@ -52,13 +52,10 @@ def test_generation_matches_reference(models, fixtures_dir, case):
         texts = e2t.predict(embeddings, case["target_lang"], batch_size=case["batch_size"],
                             **kwargs)
         lang_id = e2t.tokenizer.lang_id(case["target_lang"])
-        limits = {"max_seq_len", "max_gen_len"}
-        config = pipelines.generation_config(
-            **{k: v for k, v in kwargs.items() if k not in limits})
-        limit = e2t.max_len_for(embeddings.shape[1], kwargs.get("max_seq_len"),
-                                tuple(kwargs.get("max_gen_len", pipelines.DEFAULT_MAX_GEN_LEN)))
+        options = pipelines.GenerationOptions.of(**kwargs)
+        limit = e2t.max_len_for(embeddings.shape[1], options.max_seq_len, options.max_gen_len)
         batches = list(batching.in_order(embeddings, case["batch_size"]))
-        ids = e2t.generate_batches(embeddings, batches, lang_id, config,
+        ids = e2t.generate_batches(embeddings, batches, lang_id, options.config(),
                                    [limit] * len(batches), 0, False)
         for got, result in zip(ids, case["results"]):
             assert got + [3] == result["tokens"] or got == result["tokens"]

@@ -54,9 +54,9 @@ def test_mixed_lengths_compile_a_handful_of_programs(t2e):
     rng = np.random.default_rng(0)
     words = ["rights", "freedom", "dignity", "all", "human", "beings", "born", "equal"]
     sentences = [" ".join(rng.choice(words, size=rng.integers(1, 120))) for _ in range(60)]
-    before = pipelines._encode._cache_size()
+    before = pipelines.encode_program._cache_size()
     t2e.predict(sentences, "eng_Latn", batch_size=7)
-    compiled = pipelines._encode._cache_size() - before
+    compiled = pipelines.encode_program._cache_size() - before
     assert 1 <= compiled <= 6, compiled  # length buckets 8..256 at one row bucket
 
 
@@ -112,6 +112,16 @@ def test_greedy_sampling_equals_beam_one(e2t, reference):
     assert greedy == topk1
 
 
+def test_generation_options_are_checked_before_any_work(e2t, reference):
+    emb = reference["sentence_embeddings"][:2]
+    with pytest.raises(TypeError, match=r"unknown generation options \['beam'\]"):
+        e2t.predict(emb, "fra_Latn", beam=3)
+    with pytest.raises(TypeError, match="sampler must be"):
+        e2t.predict(emb, "fra_Latn", sampler=3)
+    with pytest.raises(ValueError, match="beam_size must be at least 1"):
+        e2t.predict(emb, "fra_Latn", beam_size=0)
+
+
 def test_sampling_is_seeded(e2t, reference):
     emb = reference["sentence_embeddings"][:4]
     kwargs = dict(sampler="full", max_seq_len=12, temperature=2.0)
@@ -159,7 +169,7 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
 
     cfg = t2e.model.cfg
     rows, length = 4, 8  # rows·length differs from every weight dimension
-    text = pipelines._encode.lower(t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
+    text = pipelines.encode_program.lower(t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
                                    jnp.full((rows,), length, jnp.int32)).compile().as_text()
     assert hlo.while_bodies(text) == []
     dim, ffn = cfg.model_dim, cfg.ffn_dim
