@@ -215,7 +215,7 @@ def _mutox(args: argparse.Namespace) -> None:
         _check_new(args.output, args.overwrite)
     progress = dict(batch_size=args.batch_size, progress_bar=not args.quiet)
     if source == "--speech-manifest":
-        from sonar_jax.data.speech import read_manifests
+        from sonar_jax.data.manifests import read_manifests
 
         clips = read_manifests(args.speech_manifest.split(","))
         pipeline = scoring_pipelines.MutoxSpeechClassifierPipeline(
@@ -309,7 +309,7 @@ def _data_sample(args: argparse.Namespace) -> None:
 
 
 def _data_teacher_cache(args: argparse.Namespace) -> None:
-    from sonar_jax.data.speech import cache_teacher_embeddings
+    from sonar_jax.data.teacher_cache import cache_teacher_embeddings
     from sonar_jax.pipelines import TextToEmbeddingModelPipeline
 
     pipeline = TextToEmbeddingModelPipeline(args.teacher)

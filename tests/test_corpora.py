@@ -16,7 +16,7 @@ import zipfile
 
 import pytest
 
-from sonar_jax.data import FloresSource
+from sonar_jax.data.text import FloresSource
 from sonar_jax.data.corpora import build, debian, espeak, firefox, layout, lo_help, twins
 from sonar_jax.data.corpora.align import is_sentence, multiway, normalize
 from sonar_jax.data.corpora.mo import read_mo

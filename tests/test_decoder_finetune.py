@@ -12,7 +12,7 @@ from flax import nnx
 
 from sonar_jax import sharding
 from sonar_jax.configs import get_config
-from sonar_jax.data.pipeline import make_text_train_iterator
+from sonar_jax.data import make_iterator
 from sonar_jax.evaluate.translation import translation_scores
 from sonar_jax.model_dir import load_model, load_tokenizer
 from sonar_jax.models.text_decoder import TextDecoder
@@ -59,7 +59,7 @@ def test_decoder_learns_while_the_encoder_stays_frozen():
 
     sentences = (SAMPLE / "dev/eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:64]
     chrf_before = _autoencode_chrf(trainer, state, tokenizer, sentences)
-    batches = make_text_train_iterator(cfg.data, tokenizer, rows_multiple=1, seed=0)
+    batches = make_iterator(cfg.data, tokenizer, "text", training=True, rows_multiple=1, seed=0)
     losses = []
     for _ in range(60):
         state, metrics = trainer.train_step(state, trainer.shard_batch(next(batches)))

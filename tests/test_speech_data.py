@@ -18,9 +18,10 @@ from sonar_jax import audio
 from sonar_jax.configs.sections import speech_data as speech_data_config
 from sonar_jax.data import state_from_json, state_to_json
 from sonar_jax.data.buckets import BucketPlan
-from sonar_jax.data.speech import (SpeechSource, cache_teacher_embeddings, frame_samples,
-                                   make_speech_eval_iterator, make_speech_train_iterator,
-                                   read_manifest)
+from sonar_jax.data import make_iterator
+from sonar_jax.data.manifests import read_manifest
+from sonar_jax.data.speech_pipeline import SpeechSource, frame_samples
+from sonar_jax.data.teacher_cache import cache_teacher_embeddings
 from sonar_jax.tokenizer import EOS, NllbTokenizer, UnknownLanguageError
 
 SAMPLE = pathlib.Path(__file__).parents[1] / "data" / "sample" / "speech"
@@ -119,8 +120,8 @@ def test_committed_sample_batches(tokenizer):
                  window_size=32)
     rows = [row for m in manifests for row in read_manifest(m)]
     assert len(rows) >= 60 and {r.lang for r in rows} == {"nld_Latn", "ces_Latn"}
-    batches = list(make_speech_eval_iterator(cfg, tokenizer, rows_multiple=2, shard_index=0,
-                                             shard_count=1))
+    batches = list(make_iterator(cfg, tokenizer, "speech", training=False, rows_multiple=2,
+                                 shard_index=0, shard_count=1))
     plan = BucketPlan.build(max_len=audio.num_frames(192000), batch_max_tokens=4096,
                             rows_multiple=2)
     for batch in batches:
@@ -160,8 +161,8 @@ def test_synthetic_batches_drop_crop_and_truncate(synthetic, tokenizer, tmp_path
                       [(folder / "clips" / "08.wav", text_of(8), 1.0),
                        (folder / "clips" / "03.wav", text_of(3), 1.2)])
     cfg = config([*synthetic, lying], max_text_len=8, lang="fra_Latn")
-    iterator = make_speech_eval_iterator(cfg, tokenizer, rows_multiple=2, shard_index=0,
-                                         shard_count=1)
+    iterator = make_iterator(cfg, tokenizer, "speech", training=False, rows_multiple=2,
+                             shard_index=0, shard_count=1)
     batches = list(iterator)
     assert iterator.skips.dropped == {"shorter_than_min_seconds": 1, "longer_than_max_seconds": 1}
     plan = BucketPlan.build(max_len=audio.num_frames(64000), batch_max_tokens=2048,
@@ -213,10 +214,11 @@ def test_manifest_aliases_paths_and_errors(synthetic, tokenizer, tmp_path):
     unknown = write_tsv(tmp_path / "unknown.tsv", ("audio", "text", "lang"),
                         [(clips / "00.wav", "a", "eng_Latn"), (clips / "01.wav", "b", "xyz_Latn")])
     with pytest.raises(UnknownLanguageError, match=r"unknown.tsv, line 3"):
-        make_speech_train_iterator(config([unknown]), tokenizer, rows_multiple=1, seed=0)
+        make_iterator(config([unknown]), tokenizer, "speech", training=True, rows_multiple=1,
+                      seed=0)
     with pytest.raises(ValueError, match="batch_max_frames"):
-        make_speech_train_iterator(config([alias], lang="nld_Latn", batch_max_frames=100),
-                                   tokenizer, rows_multiple=1, seed=0)
+        make_iterator(config([alias], lang="nld_Latn", batch_max_frames=100), tokenizer, "speech",
+                      training=True, rows_multiple=1, seed=0)
 
 
 @pytest.fixture()
@@ -234,8 +236,8 @@ def with_corrupt(synthetic, tmp_path):
 
 
 def test_undecodable_files_are_skipped_once_each(with_corrupt, tokenizer):
-    iterator = make_speech_train_iterator(config([with_corrupt], num_epochs=2), tokenizer,
-                                          rows_multiple=2, seed=3, shard_index=0, shard_count=1)
+    iterator = make_iterator(config([with_corrupt], num_epochs=2), tokenizer, "speech",
+                             training=True, rows_multiple=2, seed=3, shard_index=0, shard_count=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(iterator)
@@ -249,9 +251,9 @@ def test_undecodable_files_are_skipped_once_each(with_corrupt, tokenizer):
 
 
 def test_worker_processes_give_the_same_batches_and_count_skips(with_corrupt, tokenizer):
-    make = lambda workers: make_speech_train_iterator(
-        config([with_corrupt], num_epochs=None, num_workers=workers), tokenizer,
-        rows_multiple=2, seed=1, shard_index=0, shard_count=1)
+    make = lambda workers: make_iterator(  # noqa: E731
+        config([with_corrupt], num_epochs=None, num_workers=workers), tokenizer, "speech",
+        training=True, rows_multiple=2, seed=1, shard_index=0, shard_count=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = take(make(0), 8)
@@ -266,8 +268,8 @@ def test_worker_processes_give_the_same_batches_and_count_skips(with_corrupt, to
 @pytest.mark.parametrize("consumed", [0, 3, 7])
 def test_resume_yields_exactly_the_next_batches(synthetic, tokenizer, consumed):
     cfg = config(synthetic, num_epochs=None)
-    make = lambda: make_speech_train_iterator(cfg, tokenizer, rows_multiple=2, seed=5,
-                                              shard_index=0, shard_count=1)
+    make = lambda: make_iterator(cfg, tokenizer, "speech", training=True, rows_multiple=2, seed=5,
+                                 shard_index=0, shard_count=1)
     first = make()
     take(first, consumed)
     state = state_to_json(first)
@@ -280,9 +282,9 @@ def test_resume_yields_exactly_the_next_batches(synthetic, tokenizer, consumed):
 
 
 def test_grain_orbax_handler_round_trip(synthetic, tokenizer, tmp_path):
-    make = lambda: make_speech_train_iterator(config(synthetic, num_epochs=None), tokenizer,
-                                              rows_multiple=2, seed=2, shard_index=0,
-                                              shard_count=1)
+    make = lambda: make_iterator(config(synthetic, num_epochs=None), tokenizer, "speech",
+                                 training=True, rows_multiple=2, seed=2, shard_index=0,
+                                 shard_count=1)
     first = make()
     take(first, 4)
     grain.checkpoint.CheckpointHandler().save(tmp_path, item=first)
@@ -293,8 +295,8 @@ def test_grain_orbax_handler_round_trip(synthetic, tokenizer, tmp_path):
 
 def test_shards_partition_the_clips(synthetic, tokenizer):
     def keys(**shard):
-        batches = make_speech_eval_iterator(config(synthetic), tokenizer, rows_multiple=1,
-                                            **shard)
+        batches = make_iterator(config(synthetic), tokenizer, "speech", training=False,
+                                rows_multiple=1, **shard)
         return [k for k, *_ in real_rows(batches)]
     everything = keys(shard_index=0, shard_count=1)
     halves = [keys(shard_index=i, shard_count=2) for i in range(2)]
@@ -319,8 +321,8 @@ def test_teacher_cache_rows_line_up_and_stale_caches_are_refused(synthetic, toke
     assert json.loads((tmp_path / "teacher.npy.json").read_text())["rows"] == len(CLIPS)
 
     cfg = config(synthetic, teacher_cache=str(cache))
-    batches = list(make_speech_eval_iterator(cfg, tokenizer, rows_multiple=2, shard_index=0,
-                                             shard_count=1))
+    batches = list(make_iterator(cfg, tokenizer, "speech", training=False, rows_multiple=2,
+                                 shard_index=0, shard_count=1))
     seen = 0
     for key, n, row, batch in real_rows(batches):
         number, lang, _ = batch["teacher"][row].astype(int)

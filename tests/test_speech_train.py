@@ -12,8 +12,9 @@ from flax import nnx
 
 from sonar_jax import sharding
 from sonar_jax.configs import get_config
-from sonar_jax.data.speech import (cache_teacher_embeddings, make_speech_eval_iterator,
-                                   make_speech_train_iterator, read_manifest)
+from sonar_jax.data import make_iterator
+from sonar_jax.data.manifests import read_manifest
+from sonar_jax.data.teacher_cache import cache_teacher_embeddings
 from sonar_jax.evaluate.xsim import xsim
 from sonar_jax.models import registry
 from sonar_jax.models.text_encoder import TextEncoder
@@ -101,11 +102,11 @@ def test_student_retrieves_transcriptions_after_longer_training(manifest, tokeni
     cfg.optim.decay_steps = 150
     trainer = _trainer(cfg, teacher)
     state = trainer.init(0)
-    evaluate = lambda: make_speech_eval_iterator(cfg.eval_data, tokenizer,  # noqa: E731
-                                                 rows_multiple=jax.local_device_count())
+    evaluate = lambda: make_iterator(cfg.eval_data, tokenizer, "speech",  # noqa: E731
+                                     training=False, rows_multiple=jax.local_device_count())
     error_before = _retrieval_error(*_embeddings(trainer, state, evaluate(), teacher))
-    batches = make_speech_train_iterator(cfg.data, tokenizer,
-                                         rows_multiple=jax.local_device_count(), seed=0)
+    batches = make_iterator(cfg.data, tokenizer, "speech", training=True,
+                            rows_multiple=jax.local_device_count(), seed=0)
     for _ in range(150):
         state, _ = trainer.train_step(state, trainer.shard_batch(next(batches)))
     error_after = _retrieval_error(*_embeddings(trainer, state, evaluate(), teacher))
@@ -117,13 +118,13 @@ def test_student_learns_the_teacher_on_real_speech(manifest, tokenizer, teacher)
     cfg = _config(manifest)
     trainer = _trainer(cfg, teacher)
     state = trainer.init(0)
-    evaluate = lambda: make_speech_eval_iterator(cfg.eval_data, tokenizer,  # noqa: E731
-                                                 rows_multiple=jax.local_device_count())
+    evaluate = lambda: make_iterator(cfg.eval_data, tokenizer, "speech",  # noqa: E731
+                                     training=False, rows_multiple=jax.local_device_count())
     before = _embeddings(trainer, state, evaluate(), teacher)
     mse_before = float(np.mean((before[0] - before[1]) ** 2))
 
-    batches = make_speech_train_iterator(cfg.data, tokenizer,
-                                         rows_multiple=jax.local_device_count(), seed=0)
+    batches = make_iterator(cfg.data, tokenizer, "speech", training=True,
+                            rows_multiple=jax.local_device_count(), seed=0)
     stats_before = jax.tree.map(np.array, state.model_state)
     for _ in range(25):
         state, metrics = trainer.train_step(state, trainer.shard_batch(next(batches)))
@@ -155,8 +156,8 @@ def test_cached_teacher_trains_like_the_online_teacher(manifest, tokenizer, teac
         cfg.data.max_text_len = 512  # the cache embedded whole transcriptions
         trainer = _trainer(cfg, teacher)
         state = trainer.init(0)
-        batches = make_speech_train_iterator(cfg.data, tokenizer,
-                                             rows_multiple=jax.local_device_count(), seed=0)
+        batches = make_iterator(cfg.data, tokenizer, "speech", training=True,
+                                rows_multiple=jax.local_device_count(), seed=0)
         losses[mode] = []
         for _ in range(3):
             state, metrics = trainer.train_step(state, trainer.shard_batch(next(batches)))
@@ -168,7 +169,7 @@ def test_padding_rows_change_nothing(manifest, tokenizer, teacher):
     """All-pad rows (end of a window, multi-host filler) add no loss and no BatchNorm statistics."""
     cfg = _config(manifest)
     trainer = _trainer(cfg, teacher)
-    batch = next(make_speech_eval_iterator(cfg.eval_data, tokenizer, rows_multiple=1))
+    batch = next(make_iterator(cfg.eval_data, tokenizer, "speech", training=False, rows_multiple=1))
     real = batch["num_samples"] > 0
     assert real.sum() >= 4
     small = {k: v[real][:4] for k, v in batch.items()}

@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 
 from sonar_jax.configs.sections import text_data as text_data_config
-from sonar_jax.data import (FloresSource, TfdsSource, TsvSource, make_text_eval_iterator,
-                            make_text_train_iterator, state_from_json, state_to_json)
-from sonar_jax.data import pipeline
+from sonar_jax.data import make_iterator, state_from_json, state_to_json, windows
+from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
 from sonar_jax.data.buckets import BucketPlan
 from sonar_jax.data.text import resolve_pairs
 from sonar_jax.tokenizer import EOS, NllbTokenizer, UnknownLanguageError
@@ -111,8 +110,8 @@ def test_batches_have_the_promised_format(flores_root, tokenizer):
     cfg = flores_config(flores_root)
     plan = BucketPlan.build(max_len=64, batch_max_tokens=256, rows_multiple=4)
     assert plan.lengths == (8, 16, 32, 64) and plan.rows == (32, 16, 8, 4)
-    batches = list(make_text_train_iterator(cfg, tokenizer, rows_multiple=4, seed=0,
-                                            shard_index=0, shard_count=1))
+    batches = list(make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=4, seed=0,
+                                 shard_index=0, shard_count=1))
     lang_ids = {tokenizer.lang_id(lang) for lang in LANGS}
     noised_differs = 0
     for batch in batches:
@@ -140,8 +139,8 @@ def test_batches_have_the_promised_format(flores_root, tokenizer):
 def test_noise_off_gives_two_arrays(tsv_path, tokenizer):
     cfg = config(path=str(tsv_path))
     cfg.noise.enabled = False
-    batch = next(make_text_train_iterator(cfg, tokenizer, rows_multiple=2, seed=0,
-                                          shard_index=0, shard_count=1))
+    batch = next(make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=2, seed=0,
+                               shard_index=0, shard_count=1))
     assert tuple(batch) == ("source", "target")
 
 
@@ -149,8 +148,8 @@ def test_every_example_once_per_epoch_in_a_new_order(flores_root, tokenizer):
     cfg = flores_config(flores_root, window_size=len(LANGS) * 3 * LINES, num_epochs=3)
     expected = expected_keys(FloresSource(flores_root, "dev", ["*-*"]), tokenizer, 64)
     assert len(set(expected)) == len(expected) == 240
-    batches = list(make_text_train_iterator(cfg, tokenizer, rows_multiple=4, seed=1,
-                                            shard_index=0, shard_count=1))
+    batches = list(make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=4, seed=1,
+                                 shard_index=0, shard_count=1))
     seen = collections.Counter(key for batch in batches for key in row_keys(batch))
     assert seen == collections.Counter(expected * 3)
     # window == epoch here, so each epoch is a run of batches; the grouping changes every epoch
@@ -202,10 +201,11 @@ def test_hosts_get_disjoint_shards_in_the_same_shapes(tsv_path, tokenizer, monke
     # 40 records over 3 hosts: 14, 13, 13. With windows of 13 the first host has one window
     # more; the others must follow it with all-pad batches.
     hosts = FakeHosts(3)
-    monkeypatch.setattr(pipeline, "_max_over_hosts", hosts.max_over_hosts)
+    monkeypatch.setattr(windows, "_max_over_hosts", hosts.max_over_hosts)
     cfg = config(path=str(tsv_path), window_size=window_size)
-    per_host = hosts.run(lambda i: list(make_text_train_iterator(
-        cfg, tokenizer, rows_multiple=2, seed=4, shard_index=i, shard_count=3)))
+    per_host = hosts.run(lambda i: list(make_iterator(cfg, tokenizer, "text", training=True,
+                                                      rows_multiple=2, seed=4, shard_index=i,
+                                                      shard_count=3)))
     assert len({len(batches) for batches in per_host}) == 1
     if window_size == 13:
         assert not per_host[1][-1]["source"].any()
@@ -219,10 +219,10 @@ def test_hosts_get_disjoint_shards_in_the_same_shapes(tsv_path, tokenizer, monke
 
 def test_hosts_resume_together(tsv_path, tokenizer, monkeypatch):
     hosts = FakeHosts(3)
-    monkeypatch.setattr(pipeline, "_max_over_hosts", hosts.max_over_hosts)
+    monkeypatch.setattr(windows, "_max_over_hosts", hosts.max_over_hosts)
     cfg = config(path=str(tsv_path), window_size=5, num_epochs=None)
-    make = lambda i: make_text_train_iterator(cfg, tokenizer, rows_multiple=2, seed=4,
-                                              shard_index=i, shard_count=3)
+    make = lambda i: make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=2, seed=4,
+                                   shard_index=i, shard_count=3)
     states, expected = [None] * 3, [None] * 3
 
     def first_run(i):
@@ -248,11 +248,12 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 from sonar_jax.configs.sections import text_data
-from sonar_jax.data import make_text_eval_iterator
+from sonar_jax.data import make_iterator
 from sonar_jax.tokenizer import NllbTokenizer
 cfg = text_data()
 cfg.update(dict(path=sys.argv[3], max_len=64, batch_max_tokens=256, window_size=13))
-batches = list(make_text_eval_iterator(cfg, NllbTokenizer(sys.argv[4]), rows_multiple=2))
+batches = list(make_iterator(cfg, NllbTokenizer(sys.argv[4]), "text", training=False,
+                             rows_multiple=2))
 print(json.dumps([[list(b["source"].shape), int((b["source"][:, 0] != 0).sum())]
                   for b in batches]))
 """
@@ -281,8 +282,8 @@ def test_two_processes_agree_on_shapes(tsv_path, fixtures_dir):
 @pytest.mark.parametrize("consumed", [0, 3, 11])
 def test_resume_yields_exactly_the_next_batches(flores_root, tokenizer, consumed):
     cfg = flores_config(flores_root, window_size=50, num_epochs=None)
-    make = lambda: make_text_train_iterator(cfg, tokenizer, rows_multiple=4, seed=5,
-                                            shard_index=0, shard_count=1)
+    make = lambda: make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=4, seed=5,
+                                 shard_index=0, shard_count=1)
     first = make()
     take(first, consumed)
     state = state_to_json(first)
@@ -295,9 +296,9 @@ def test_resume_yields_exactly_the_next_batches(flores_root, tokenizer, consumed
 
 
 def test_worker_processes_give_the_same_batches_and_resume(tsv_path, tokenizer):
-    make = lambda workers: make_text_train_iterator(
+    make = lambda workers: make_iterator(  # noqa: E731
         config(path=str(tsv_path), window_size=13, num_epochs=None, num_workers=workers),
-        tokenizer, rows_multiple=4, seed=5, shard_index=0, shard_count=1)
+        tokenizer, "text", training=True, rows_multiple=4, seed=5, shard_index=0, shard_count=1)
     expected = take(make(0), 12)
     workers = make(2)
     try:
@@ -315,8 +316,8 @@ def test_worker_processes_give_the_same_batches_and_resume(tsv_path, tokenizer):
 
 def test_grain_orbax_handler_round_trip(flores_root, tokenizer, tmp_path):
     cfg = flores_config(flores_root, window_size=50, num_epochs=None)
-    make = lambda: make_text_train_iterator(cfg, tokenizer, rows_multiple=4, seed=5,
-                                            shard_index=0, shard_count=1)
+    make = lambda: make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=4, seed=5,
+                                 shard_index=0, shard_count=1)
     first = make()
     take(first, 7)
     grain.checkpoint.CheckpointHandler().save(tmp_path, item=first)
@@ -327,8 +328,8 @@ def test_grain_orbax_handler_round_trip(flores_root, tokenizer, tmp_path):
 
 def test_eval_iterator_is_one_deterministic_pass(tsv_path, tokenizer):
     cfg = config(path=str(tsv_path), num_epochs=None, shuffle=True)
-    run = lambda: list(make_text_eval_iterator(cfg, tokenizer, rows_multiple=2,
-                                               shard_index=0, shard_count=1))
+    run = lambda: list(make_iterator(cfg, tokenizer, "text", training=False, rows_multiple=2,
+                                     shard_index=0, shard_count=1))
     batches = run()
     expected = expected_keys(TsvSource(tsv_path), tokenizer, 64)
     assert sorted(k for b in batches for k in row_keys(b)) == sorted(expected)
@@ -337,8 +338,8 @@ def test_eval_iterator_is_one_deterministic_pass(tsv_path, tokenizer):
 
 def test_long_rows_are_truncated_keeping_eos(flores_root, tokenizer):
     cfg = flores_config(flores_root, max_len=10, batch_max_tokens=80, length_buckets=(10,))
-    for batch in make_text_train_iterator(cfg, tokenizer, rows_multiple=8, seed=0,
-                                          shard_index=0, shard_count=1):
+    for batch in make_iterator(cfg, tokenizer, "text", training=True, rows_multiple=8, seed=0,
+                               shard_index=0, shard_count=1):
         assert batch["source"].shape == (8, 10)
         for key in KEYS:
             lengths = np.count_nonzero(batch[key], axis=1)
@@ -412,15 +413,16 @@ def test_malformed_input_errors_name_the_place(tmp_path, tokenizer):
     unknown = tmp_path / "unknown.tsv"
     unknown.write_text("Hello\tBonjour\teng_Latn\tfr\n")
     with pytest.raises(UnknownLanguageError, match="'fr'"):
-        make_text_train_iterator(config(path=str(unknown)), tokenizer, rows_multiple=1, seed=0,
-                                 shard_index=0, shard_count=1)
+        make_iterator(config(path=str(unknown)), tokenizer, "text", training=True, rows_multiple=1,
+                      seed=0, shard_index=0, shard_count=1)
     with pytest.raises(FileNotFoundError, match="missing.tsv"):
         TsvSource(tmp_path / "missing.tsv")
 
 
 def test_config_errors(tsv_path, tokenizer):
-    make = lambda cfg, **kw: make_text_train_iterator(
-        cfg, tokenizer, seed=0, **{"rows_multiple": 4, "shard_index": 0, "shard_count": 1, **kw})
+    make = lambda cfg, **kw: make_iterator(  # noqa: E731
+        cfg, tokenizer, "text", training=True, seed=0,
+        **{"rows_multiple": 4, "shard_index": 0, "shard_count": 1, **kw})
     with pytest.raises(ValueError, match="batch_max_tokens 200 cannot hold 4 rows"):
         make(config(path=str(tsv_path), batch_max_tokens=200))
     with pytest.raises(ValueError, match="longest length bucket 32 is shorter than max_len 64"):

@@ -16,7 +16,7 @@ import pytest
 
 from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
-from sonar_jax.data.pipeline import make_text_eval_iterator, make_text_train_iterator
+from sonar_jax.data import make_iterator
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train import loop
 from sonar_jax.train.metric_writer import read_metrics
@@ -51,8 +51,10 @@ def setup(fixtures_dir, tmp_path_factory):
 def run(setup, workdir, num_steps, *, trainer=None, **options):
     cfg, tokenizer, base = setup
     trainer = trainer or base
-    batches = make_text_train_iterator(cfg.data, tokenizer, rows_multiple=8, seed=0)
-    dev = lambda: make_text_eval_iterator(cfg.data, tokenizer, rows_multiple=8)  # noqa: E731
+    batches = make_iterator(cfg.data, tokenizer, "text", training=True, rows_multiple=8,
+                            seed=0)
+    dev = lambda: make_iterator(cfg.data, tokenizer, "text", training=False,  # noqa: E731
+                                rows_multiple=8)
     opts = loop.LoopOptions(num_steps=num_steps, log_every=1, progress_bar=False,
                             async_checkpoints=True, **options)
     return loop.train(trainer, workdir=workdir, options=opts, train_batches=batches,
@@ -130,7 +132,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup
 def test_eval_is_token_weighted_over_the_whole_dev_set(setup, tmp_path):
     cfg, tokenizer, trainer = setup
     state = trainer.init(0)
-    batches = list(make_text_eval_iterator(cfg.data, tokenizer, rows_multiple=8))
+    batches = list(make_iterator(cfg.data, tokenizer, "text", training=False, rows_multiple=8))
     assert len(batches) > 1
     metrics = loop.evaluate(trainer, state, batches)
     # Brute force: the MT loss summed over every batch, divided by all target tokens.
@@ -155,7 +157,8 @@ def test_metrics_and_tensorboard_are_written(setup, tmp_path):
 
 def test_running_out_of_data_is_a_clear_error(setup, tmp_path):
     cfg, tokenizer, trainer = setup
-    batches = make_text_eval_iterator(cfg.data, tokenizer, rows_multiple=8)  # one pass only
+    batches = make_iterator(cfg.data, tokenizer, "text", training=False,
+                            rows_multiple=8)  # one pass only
     opts = loop.LoopOptions(num_steps=10_000, progress_bar=False, tensorboard=False)
     with pytest.raises(ValueError, match="ran out before num_steps"):
         loop.train(trainer, workdir=tmp_path, options=opts, train_batches=batches,

@@ -340,7 +340,7 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
                                          batch_size=batch_size, progress=progress,
                                          beam_size=beam_size, max_seq_len=max_seq_len)
     if speech_encoder is not None:
-        from sonar_jax.data.speech import read_manifests
+        from sonar_jax.data.manifests import read_manifests
         from sonar_jax.speech_pipelines import SpeechToTextModelPipeline
 
         clips = read_manifests(speech_manifest.split(","))

@@ -28,8 +28,8 @@ from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train.loop import EvalHook, LoopResult, train
-from sonar_jax.train.runs import (export_final, host_module, initial_params, loop_options,
-                                  run_tokenizer, text_batches, trained_module)
+from sonar_jax.train.runs import (data_iterators, export_final, host_module, initial_params,
+                                  loop_options, run_tokenizer, trained_module)
 from sonar_jax.train.text import (ce_metrics, interleaved_embeddings, model_configs,
                                   summarize_ce, teacher_forced_ce)
 from sonar_jax.train.trainer import StepContext, Trainer
@@ -150,7 +150,7 @@ def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -
     trainer = DecoderFinetuneTrainer(cfg, sharding.make_mesh(cfg.mesh))
     loaded = initial_params(cfg)
     trainer.set_frozen({"encoder": loaded.pop("encoder")})
-    train_batches, eval_batches = text_batches(cfg, tokenizer, noise=False)
+    train_batches, eval_batches = data_iterators(cfg, tokenizer, "text", noise=False)
     if cfg.eval.autoencode.path:
         eval_hooks = (*eval_hooks, autoencode_hook(cfg.eval.autoencode, trainer, tokenizer))
     result = train(trainer, workdir=workdir, options=loop_options(cfg),

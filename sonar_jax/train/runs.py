@@ -71,21 +71,27 @@ def export_models(trainer: Trainer, state, tokenizer: NllbTokenizer | None,
                         tokenizer if kind.has_tokenizer else None)
 
 
-def text_batches(cfg, tokenizer: NllbTokenizer, *, noise: bool):
-    """(training iterator, eval iterator factory or None) of the `data` / `eval_data` sections."""
-    from sonar_jax.data.pipeline import make_text_eval_iterator, make_text_train_iterator
+def data_iterators(cfg, tokenizer: NllbTokenizer, modality: str, *, noise: bool = True):
+    """(training iterator, eval iterator factory or None) of the `data` / `eval_data` sections
+    (`sonar_jax.data.make_iterator`; the eval one when its path / manifest is set). noise False
+    turns the text sections' denoising noise off."""
+    from sonar_jax.data import make_iterator
 
     rows_multiple = jax.local_device_count() * int(cfg.train.grad_accum_steps)
-    data_cfg = cfg.data.copy_and_resolve_references()
-    data_cfg.noise.enabled = bool(data_cfg.noise.enabled) and noise
-    train_batches = make_text_train_iterator(data_cfg, tokenizer, rows_multiple=rows_multiple,
-                                             seed=cfg.train.seed)
+
+    def section(name: str):
+        resolved = cfg[name].copy_and_resolve_references()
+        if "noise" in resolved:
+            resolved.noise.enabled = bool(resolved.noise.enabled) and noise
+        return resolved
+
+    train_batches = make_iterator(section("data"), tokenizer, modality, training=True,
+                                  rows_multiple=rows_multiple, seed=cfg.train.seed)
+    eval_cfg = section("eval_data")
     eval_batches = None
-    if cfg.eval_data.path:
-        eval_cfg = cfg.eval_data.copy_and_resolve_references()
-        eval_cfg.noise.enabled = bool(eval_cfg.noise.enabled) and noise
-        eval_batches = lambda: make_text_eval_iterator(  # noqa: E731
-            eval_cfg, tokenizer, rows_multiple=rows_multiple)
+    if eval_cfg.get("path") or eval_cfg.get("manifest"):
+        eval_batches = lambda: make_iterator(  # noqa: E731
+            eval_cfg, tokenizer, modality, training=False, rows_multiple=rows_multiple)
     return train_batches, eval_batches
 
 

@@ -6,7 +6,7 @@ put an utterance where the frozen text encoder (the teacher) puts its transcript
 Only the student is trained: it is the TrainState's only part (optimizer state, checkpoints);
 its BatchNorm statistics are `model_state`. The teacher is either a frozen part (`set_frozen`,
 run on the transcription tokens inside the step) or absent, when the batches carry cached
-teacher embeddings (sonar_jax/data/speech.py `cache_teacher_embeddings`): both give the same
+teacher embeddings (sonar_jax/data/teacher_cache.py): both give the same
 targets, so the same training.
 
 Batch contract (per host, numpy): {"waveform": float32 [B, S] 16 kHz, right-padded,
@@ -35,7 +35,7 @@ from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.train import losses
 from sonar_jax.train.loop import EvalHook, LoopResult, train
-from sonar_jax.train.runs import export_final, loop_options, trained_module
+from sonar_jax.train.runs import data_iterators, export_final, loop_options, trained_module
 from sonar_jax.train.trainer import StepContext, Trainer, merge_trees
 
 TEACHER_MODES = ("online", "cached")
@@ -169,7 +169,7 @@ def retrieval_hook(manifests: str, trainer: SpeechDistillTrainer, teacher, token
     """Speech -> text retrieval on the dev manifests: each clip's student embedding against the
     teacher's embeddings of all dev transcriptions (LASER's ratio margin, k=4), errors counted
     by text so a repeated line is not an error; reported as error % both ways."""
-    from sonar_jax.data.speech import read_manifests
+    from sonar_jax.data.manifests import read_manifests
     from sonar_jax.evaluate.report import evaluate_speech_retrieval
     from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
 
@@ -192,8 +192,6 @@ def retrieval_hook(manifests: str, trainer: SpeechDistillTrainer, teacher, token
 def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -> LoopResult:
     """Trains the student as `cfg` says, resuming from `workdir`; exports
     `workdir/export/step_N/speech_encoder` when `cfg.export.enabled`."""
-    from sonar_jax.data.speech import make_speech_eval_iterator, make_speech_train_iterator
-
     if not cfg.init_from.teacher:
         raise ValueError("speech distillation needs init_from.teacher: the converted text "
                          "encoder directory whose embeddings the student learns (e.g. a text "
@@ -211,16 +209,10 @@ def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -
         init_params = {"student": load_model(cfg.init_from.student,
                                              expected_kind="speech_encoder")}
 
-    rows_multiple = jax.local_device_count() * int(cfg.train.grad_accum_steps)
-    train_batches = make_speech_train_iterator(cfg.data, tokenizer, rows_multiple=rows_multiple,
-                                               seed=cfg.train.seed)
-    eval_batches = None
-    if cfg.eval_data.manifest:
-        eval_batches = lambda: make_speech_eval_iterator(  # noqa: E731
-            cfg.eval_data, tokenizer, rows_multiple=rows_multiple)
-        if cfg.eval.retrieval:
-            eval_hooks = (*eval_hooks,
-                          retrieval_hook(cfg.eval_data.manifest, trainer, teacher, tokenizer))
+    train_batches, eval_batches = data_iterators(cfg, tokenizer, "speech")
+    if eval_batches is not None and cfg.eval.retrieval:
+        eval_hooks = (*eval_hooks,
+                      retrieval_hook(cfg.eval_data.manifest, trainer, teacher, tokenizer))
 
     def frames(batch) -> int:  # the loop's throughput unit here: fbank frames (100 per second)
         return int(np.sum(audio.num_frames(batch["num_samples"])))

@@ -35,8 +35,8 @@ from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.tokenizer import NllbTokenizer
 from sonar_jax.train import losses
 from sonar_jax.train.loop import EvalHook, LoopResult, train
-from sonar_jax.train.runs import (export_final, initial_params, loop_options, run_tokenizer,
-                                  text_batches, trained_module)
+from sonar_jax.train.runs import (data_iterators, export_final, initial_params, loop_options,
+                                  run_tokenizer, trained_module)
 from sonar_jax.train.trainer import StepContext, Trainer, TrainState  # noqa: F401 (re-export)
 
 BATCH_KEYS = ("source", "target", "noised_target")
@@ -287,8 +287,8 @@ def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -
     workdir = pathlib.Path(workdir)
     tokenizer = run_tokenizer(cfg)
     trainer = TextTrainer(cfg, sharding.make_mesh(cfg.mesh))
-    train_batches, eval_batches = text_batches(cfg, tokenizer,
-                                               noise=float(cfg.loss.dae_weight) > 0)
+    train_batches, eval_batches = data_iterators(cfg, tokenizer, "text",
+                                                  noise=float(cfg.loss.dae_weight) > 0)
     if cfg.eval.xsim.path:
         eval_hooks = (*eval_hooks, xsim_hook(cfg.eval.xsim, trainer, tokenizer))
 
