@@ -6,9 +6,8 @@ max_len keeping eos), its targets are noised (noise.py), and it is batched per l
 
     {"source": [B, L], "target": [B, L], "noised_target": [B, L]}   int32, 0-padded
 
-(`noised_target` only with noise on), one (B, L) per bucket; pad rows are all 0. The loop counts
-real target tokens itself (`np.count_nonzero(batch["target"])`). `tokenize` is shared with the
-speech pipeline.
+(`noised_target` only with noise on: `batch_spec.TEXT`), one (B, L) per bucket; pad rows are
+all 0. `tokenize` is shared with the speech pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from sonar_jax.data import buckets
+from sonar_jax.data import batch_spec, buckets
 from sonar_jax.data.noise import DenoisingNoise, keyed_rng, word_start_table
 from sonar_jax.data.text import FloresSource, TfdsSource, TsvSource
 from sonar_jax.data.windows import WindowBatchIterDataset, resolve_shard, window_dataset
@@ -111,10 +110,10 @@ def batches(cfg: ml_collections.ConfigDict, tokenizer: NllbTokenizer, *, rows_mu
                                word_drop=cfg.noise.word_drop,
                                shuffle_distance=cfg.noise.shuffle_distance, word_start=table)
     windows = window_dataset(source, TextWindow(tokenizer, plan, cfg.max_len, noise, seed,
-                                             shard_index),
+                                                shard_index),
                              cfg, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                              shard_index=shard_index, shard_count=shard_count)
-    keys = ("source", "target") + (("noised_target",) if noise is not None else ())
+    keys = [k for k in batch_spec.TEXT.fields if noise is not None or k != "noised_target"]
     return iter(WindowBatchIterDataset(
         windows, plan, lambda bucket: buckets.collate_tokens([], *plan.shapes[bucket], keys=keys),
         seed))

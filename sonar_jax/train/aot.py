@@ -162,8 +162,9 @@ def _out_of_memory(err: Exception) -> bool:
 
 
 def batch_shapes(trainer: Any, rows: int, length: int) -> dict:
-    names = ("source", "target") + (("noised_target",) if trainer.use_dae else ())
-    return {name: (rows, length) for name in names}
+    """[rows, length] for every token array a training step of `trainer` reads."""
+    spec = trainer.batch_spec
+    return {name: (rows, length) for name in spec.used(dict.fromkeys(spec.fields))}
 
 
 def compile_step(trainer: Any, rows: int, length: int, hbm_bytes: float) -> dict:
@@ -419,12 +420,12 @@ def run(cfg: Any, topology: str, batch_rows: int = 0, length: int = 128, num_sli
 
 
 def main(argv: Sequence[str]) -> dict:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
-    from sonar_jax.train.entry import resolve_config_flag
+    from sonar_jax.train.entry import parse_flags, resolve_config_flag
 
-    argv = resolve_config_flag(argv)
+    argv = resolve_config_flag(argv)  # config_flags reads sys_argv below itself
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
                                              lock_config=True, flag_values=fv,
@@ -448,15 +449,7 @@ def main(argv: Sequence[str]) -> dict:
                              flag_values=fv)
     out = flags.DEFINE_string("out", "", "JSON record path ('' = benchmarks/results/aot_"
                               "<accelerator>_<mesh>.json, '-' = do not write)", flag_values=fv)
-    try:
-        rest = fv(list(argv))
-    except flags.Error as error:
-        raise app.UsageError(str(error)) from None
-    if len(rest) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    if config.value is None or not topology.value:
-        raise app.UsageError("--config=RECIPE[:VARIANT] (e.g. text:basic) and --topology=NAME "
-                             "are required")
+    parse_flags(fv, argv, "config topology")
     return run(config.value, topology.value, batch_rows=rows.value, length=length.value,
                num_slices=num_slices.value, hbm_gib=hbm.value, search=search.value,
                search_from_rows=search_from.value, bisect_steps=bisect.value,

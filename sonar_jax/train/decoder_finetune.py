@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sonar_jax import sharding
+from sonar_jax.data import batch_spec
 from sonar_jax.models import registry
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
@@ -32,7 +33,8 @@ from sonar_jax.train.runs import (data_iterators, export_final, host_module, ini
                                   loop_options, run_tokenizer, trained_module)
 from sonar_jax.train.text import (ce_metrics, interleaved_embeddings, model_configs,
                                   summarize_ce, teacher_forced_ce)
-from sonar_jax.train.trainer import StepContext, Trainer
+from sonar_jax.train.state import StepContext
+from sonar_jax.train.trainer import Trainer
 
 DISTRIBUTIONS = ("uniform", "beta")
 
@@ -59,19 +61,16 @@ def interpolation_weights(rng: jax.Array, rows: int, interpolation: Any) -> jax.
 class DecoderFinetuneTrainer(Trainer):
     """CE of decoding y from random interpolations of the frozen encoder's enc(x) and enc(y)."""
 
-    batch_fields = {"source": ("int", 2), "target": ("int", 2)}
-    required_fields = ("source", "target")
-
     def __init__(self, cfg: Any, mesh: Mesh):
         self.enc_cfg, self.dec_cfg = model_configs(cfg)
-        self.parts = {"decoder": (TextDecoder, self.dec_cfg)}
-        self.frozen_parts = {"encoder": (TextEncoder, self.enc_cfg)}
         self.loss_cfg = cfg.loss
         self.interpolation = cfg.interpolation
         self.pad_idx = int(cfg.model.get("pad_idx", 0))
         self.eos_idx = int(cfg.model.get("eos_idx", 3))
         check_interpolation(self.interpolation)
-        super().__init__(cfg, mesh)
+        super().__init__(cfg, mesh, batch_spec=batch_spec.TEXT,
+                         parts={"decoder": (TextDecoder, self.dec_cfg)},
+                         frozen_parts={"encoder": (TextEncoder, self.enc_cfg)})
 
     def check_field(self, key: str, x) -> None:
         vocab = self.enc_cfg.vocab_size if key == "source" else min(self.enc_cfg.vocab_size,

@@ -57,17 +57,25 @@ def resolve_config_flag(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run_from_flags(argv: Sequence[str]):
-    """Parses `argv` (argv[0] is the program name) and runs the training it describes."""
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], required: str) -> None:
+    """Parses argv (argv[0] is the program name; a packaged recipe in --config resolved) into
+    `flag_values`; usage errors (a bad flag, a stray argument, a required flag missing: `required`
+    says which) are absl UsageErrors."""
     try:
-        rest = _FLAGS(resolve_config_flag(argv))
+        rest = flag_values(resolve_config_flag(argv))
     except flags.Error as error:
         raise app.UsageError(str(error)) from None
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise app.UsageError("--config=RECIPE[:VARIANT] (e.g. text:tiny) and --workdir=DIR "
-                             "are required")
+    missing = [name for name in required.split() if flag_values[name].value in (None, "")]
+    if missing:
+        hint = " (--config=RECIPE[:VARIANT], e.g. text:tiny)" if "config" in missing else ""
+        raise app.UsageError(f"{', '.join('--' + m for m in missing)} required{hint}")
+
+
+def run_from_flags(argv: Sequence[str]):
+    """Parses `argv` (argv[0] is the program name) and runs the training it describes."""
+    parse_flags(_FLAGS, argv, "config workdir")
     from sonar_jax.train.distributed import maybe_initialize
 
     maybe_initialize(_DISTRIBUTED.value)

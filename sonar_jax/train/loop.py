@@ -145,7 +145,7 @@ def evaluate(trainer, state, batches: Iterable[Mapping[str, np.ndarray]]) -> dic
 
 def train(trainer, *, workdir, options: LoopOptions, train_batches: Iterator,
           init_state: Callable[[], Any], eval_batches: Callable[[], Iterable] | None = None,
-          eval_hooks: Sequence[EvalHook] = (), tokens_in: Callable[[Mapping], int] | None = None
+          eval_hooks: Sequence[EvalHook] = ()
           ) -> LoopResult:
     """Runs `trainer` until `options.num_steps`, resuming from `workdir`'s newest checkpoint.
 
@@ -154,9 +154,9 @@ def train(trainer, *, workdir, options: LoopOptions, train_batches: Iterator,
       (`trainer.abstract_state()` gives the shapes and shardings to restore onto).
     eval_batches: returns a fresh finite iterator of dev batches (dev loss every eval_every).
     eval_hooks: functions (state, step) -> metrics, run with the dev loss (e.g. xsim).
-    tokens_in: real tokens of a host batch, for tokens/s (default: non-pad target tokens).
+    Throughput (tokens/s) counts what the trainer's batch spec calls a batch's tokens.
     """
-    count_tokens = tokens_in or (lambda batch: int(np.count_nonzero(batch["target"])))
+    count_tokens = trainer.batch_spec.tokens
     checkpoints = TrainCheckpoints(f"{workdir}/checkpoints", keep=options.keep_checkpoints,
                                    async_save=options.async_checkpoints)
     writer = MetricWriter(workdir, tensorboard=options.tensorboard)

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 
 from sonar_jax import audio, sharding
 from sonar_jax.configs.architectures import speech_model_config, text_model_config
+from sonar_jax.data import batch_spec
 from sonar_jax.model_dir import load_model, load_tokenizer
 from sonar_jax.models import registry
 from sonar_jax.models.speech_encoder import SpeechEncoder
@@ -36,16 +37,14 @@ from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.train import losses
 from sonar_jax.train.loop import EvalHook, LoopResult, train
 from sonar_jax.train.runs import data_iterators, export_final, loop_options, trained_module
-from sonar_jax.train.trainer import StepContext, Trainer, merge_trees
+from sonar_jax.train.state import StepContext, merge_trees
+from sonar_jax.train.trainer import Trainer
 
 TEACHER_MODES = ("online", "cached")
 
 
 class SpeechDistillTrainer(Trainer):
     """MSE between the student's pooled speech embedding and the teacher's text embedding."""
-
-    batch_fields = {"waveform": ("float", 2), "num_samples": ("int", 1), "text": ("int", 2),
-                    "teacher": ("float", 2)}
 
     def __init__(self, cfg: Any, mesh: Mesh):
         m = cfg.model
@@ -55,8 +54,8 @@ class SpeechDistillTrainer(Trainer):
         self.teacher_mode = cfg.teacher.mode
         if self.teacher_mode not in TEACHER_MODES:
             raise ValueError(f"teacher.mode {self.teacher_mode!r}: expected one of {TEACHER_MODES}")
-        self.parts = {"student": (SpeechEncoder, self.student_cfg)}
         self.teacher_cfg = None
+        frozen = {}
         if self.teacher_mode == "online":
             self.teacher_cfg = text_model_config(m.teacher_arch, "encoder", dtype=m.dtype,
                                                  param_dtype=m.param_dtype)
@@ -65,14 +64,12 @@ class SpeechDistillTrainer(Trainer):
                     f"the student's model_dim {self.student_cfg.model_dim} differs from the "
                     f"teacher's {self.teacher_cfg.model_dim}: the student's embeddings must have "
                     "the teacher's width; pick a student architecture of that width")
-            self.frozen_parts = {"teacher": (TextEncoder, self.teacher_cfg)}
-        self.required_fields = ("waveform", "num_samples",
-                                "text" if self.teacher_mode == "online" else "teacher")
+            frozen = {"teacher": (TextEncoder, self.teacher_cfg)}
         self.specaugment = cfg.get("specaugment", None)
-        super().__init__(cfg, mesh)
-
-    def fields_used(self, host_batch: Mapping[str, Any]) -> list[str]:
-        return list(self.required_fields)
+        target = "text" if self.teacher_mode == "online" else "teacher"
+        spec = batch_spec.SPEECH.but(required=batch_spec.SPEECH.required + (target,))
+        super().__init__(cfg, mesh, batch_spec=spec, frozen_parts=frozen,
+                         parts={"student": (SpeechEncoder, self.student_cfg)})
 
     def check_field(self, key: str, x: np.ndarray) -> None:
         if key == "text" and x.size and (x.min() < 0 or x.max() >= self.teacher_cfg.vocab_size):
@@ -214,12 +211,9 @@ def run(cfg, workdir: str | pathlib.Path, eval_hooks: Sequence[EvalHook] = ()) -
         eval_hooks = (*eval_hooks,
                       retrieval_hook(cfg.eval_data.manifest, trainer, teacher, tokenizer))
 
-    def frames(batch) -> int:  # the loop's throughput unit here: fbank frames (100 per second)
-        return int(np.sum(audio.num_frames(batch["num_samples"])))
-
     result = train(trainer, workdir=workdir, options=loop_options(cfg),
                    train_batches=train_batches,
                    init_state=lambda: trainer.init(cfg.train.seed, init_params=init_params),
-                   eval_batches=eval_batches, eval_hooks=eval_hooks, tokens_in=frames)
+                   eval_batches=eval_batches, eval_hooks=eval_hooks)
     export_final(cfg, trainer, result, None, workdir)
     return result

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from sonar_jax import sharding
 from sonar_jax.config import TextModelConfig
 from sonar_jax.configs.architectures import text_model_config
+from sonar_jax.data import batch_spec
 from sonar_jax.models import registry
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
@@ -37,9 +38,9 @@ from sonar_jax.train import losses
 from sonar_jax.train.loop import EvalHook, LoopResult, train
 from sonar_jax.train.runs import (data_iterators, export_final, initial_params, loop_options,
                                   run_tokenizer, trained_module)
-from sonar_jax.train.trainer import StepContext, Trainer, TrainState  # noqa: F401 (re-export)
+from sonar_jax.train.state import StepContext
+from sonar_jax.train.trainer import Trainer
 
-BATCH_KEYS = ("source", "target", "noised_target")
 
 
 def model_configs(cfg: Any) -> tuple[TextModelConfig, TextModelConfig]:
@@ -120,27 +121,23 @@ def summarize_ce(totals: Mapping[str, float], terms: Mapping[str, float]) -> tup
 class TextTrainer(Trainer):
     """The multi-loss step over a trained encoder and decoder (see the module docstring)."""
 
-    batch_fields = {key: ("int", 2) for key in BATCH_KEYS}
-    required_fields = ("source", "target")
-
     def __init__(self, cfg: Any, mesh: Mesh):
         self.enc_cfg, self.dec_cfg = model_configs(cfg)
-        self.parts = {"encoder": (TextEncoder, self.enc_cfg), "decoder": (TextDecoder, self.dec_cfg)}
         self.loss_cfg = cfg.loss
         self.pad_idx = int(cfg.model.get("pad_idx", 0))
         self.eos_idx = int(cfg.model.get("eos_idx", 3))
         self.use_mse = float(cfg.loss.mse_weight) > 0
         self.use_dae = float(cfg.loss.dae_weight) > 0
-        super().__init__(cfg, mesh)
+        # noised_target is read when the denoising term is on: a training step needs it then,
+        # an eval step without it reports the MT and MSE terms only.
+        dae = ("noised_target",) if self.use_dae else ()
+        super().__init__(cfg, mesh, batch_spec=batch_spec.TEXT.but(train_required=dae,
+                                                                    optional=dae),
+                         parts={"encoder": (TextEncoder, self.enc_cfg),
+                                "decoder": (TextDecoder, self.dec_cfg)})
 
     # ------------------------------------------------------------------------------------------
     # Batches
-
-    def fields_used(self, host_batch: Mapping[str, Any]) -> list[str]:
-        # noised_target is kept when the denoising term is on (train_step requires it then;
-        # eval_step without it reports the MT and MSE terms only).
-        return ["source", "target"] + (["noised_target"] if self.use_dae and
-                                       "noised_target" in host_batch else [])
 
     def check_field(self, key: str, x: np.ndarray) -> None:
         vocab = self.enc_cfg.vocab_size if key != "target" else min(
@@ -235,14 +232,6 @@ class TextTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------
     # Steps
-
-    def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]
-                   ) -> tuple[TrainState, dict]:
-        """One optimizer step (jitted; `state` is donated: use only the returned one)."""
-        if self.use_dae and "noised_target" not in batch:
-            raise KeyError("the denoising term is on (loss.dae_weight > 0) but the batch has no "
-                           "'noised_target'")
-        return super().train_step(state, batch)
 
     def summarize_eval(self, totals: Mapping[str, float]) -> dict:
         """Dataset-level dev metrics from eval_step metrics summed over batches: each term divided

@@ -8,25 +8,24 @@ inputs, so they cost no optimizer memory, are never written to a checkpoint and 
 Non-trained variables of trained parts (BatchNorm running statistics) are `TrainState.model_state`:
 checkpointed, updated by the loss, not by the optimizer.
 
-A subclass sets `parts` / `frozen_parts` ({name: (module class, model config)}), `batch_fields`
-({name: (kind "int" | "float", ndim)}) and `required_fields`, and implements
+A subclass passes its `parts` / `frozen_parts` ({name: (module class, model config)}) and its
+`batch_spec` (`sonar_jax.data.batch_spec`: the batch fields, shared with the input pipeline, the
+AOT compiles and the loop) to `Trainer.__init__`, and implements
 
     _totals(batch)                        -> normalisers over the whole batch (all microbatches)
     _loss(params, batch, totals, ctx)     -> (loss, sums, new model_state)
     summarize_eval(totals)                -> dataset-level dev metrics from summed eval metrics
 
-The base owns shardings, the optimizer, gradient accumulation (microbatch i holds rows i, i+k,
-...; every term is divided by its whole-batch total, so k microbatches give the gradient of the
-batch in one piece), the non-finite guard and the jitted, donated steps the loop calls.
+The base owns shardings, state creation and placement, the optimizer, the non-finite guard, the
+export of trained parts and the jitted, donated steps the loop calls; the gradient of a batch
+over its microbatches is `accumulation.py`, the state types `state.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,64 +34,19 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sonar_jax import sharding
-from sonar_jax.models import registry
-from sonar_jax.train import optim
-
-
-@flax.struct.dataclass
-class TrainState:
-    """step: [] int32; params: {part: pure-dict tree} of the trained parts; opt_state: optax state;
-    model_state: {part: pure-dict tree} of non-trained variables (BatchNorm statistics), or {}."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    model_state: Any = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepContext:
-    """What a loss needs besides the trained parameters and the batch."""
-
-    frozen: Any  # {part: params} of the frozen parts
-    model_state: Any  # {part: variables} (BatchNorm statistics), {} if none
-    rng: jax.Array  # a key for this step and microbatch (noise, SpecAugment, interpolation)
-    train: bool  # training step (True) or evaluation (False)
-
-
-def abstract_variables(model_cls, model_cfg, kind=nnx.Param) -> tuple[Any, Any]:
-    """(pure-dict tree of ShapeDtypeStructs, matching tree of logical axis names) of one
-    variable kind of a module, built without allocating."""
-    state = registry.abstract(model_cls, model_cfg)[1].filter(kind)
-    return nnx.to_pure_dict(state), sharding.logical_axes_of_state(state)
-
-
-def pure_params(tree: Any, kind=nnx.Param) -> Any:
-    """A tree as a pure dict, from an nnx Module (its `kind` variables), an nnx.State or a dict."""
-    if isinstance(tree, nnx.Module):
-        tree = nnx.state(tree, kind)
-    if isinstance(tree, nnx.State):
-        tree = nnx.to_pure_dict(tree)
-    return tree
-
-
-def merge_trees(a: Mapping, b: Mapping) -> dict:
-    """Nested dict union (params and BatchNorm statistics of one module)."""
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge_trees(out[key], value) if isinstance(value, Mapping) and key in out else value
-    return out
+from sonar_jax.data.batch_spec import BatchSpec
+from sonar_jax.train import accumulation, optim
+from sonar_jax.train.state import (StepContext, TrainState, abstract_variables, merge_trees,
+                                   pure_params)
 
 
 class Trainer:
     """Builds every sharding, the optimizer and the jitted steps of a subclass's parts and loss."""
 
-    parts: Mapping[str, tuple[type, Any]] = {}
-    frozen_parts: Mapping[str, tuple[type, Any]] = {}
-    batch_fields: Mapping[str, tuple[str, int]] = {}
-    required_fields: tuple[str, ...] = ()
-
-    def __init__(self, cfg: Any, mesh: Mesh):
+    def __init__(self, cfg: Any, mesh: Mesh, *, parts: Mapping[str, tuple[type, Any]],
+                 batch_spec: BatchSpec, frozen_parts: Mapping[str, tuple[type, Any]] | None = None):
+        self.parts, self.frozen_parts = dict(parts), dict(frozen_parts or {})
+        self.batch_spec = batch_spec
         self.cfg = cfg
         self.mesh = mesh
         self.rules = sharding.rules_from_config(cfg.sharding)
@@ -243,9 +197,9 @@ class Trainer:
     def lower_train_step(self, batch_shapes: Mapping[str, tuple[int, ...]]):
         """`jax.jit(...).lower` of the train step for global batch shapes {name: shape}, without
         any device memory (for AOT compile checks and memory analysis)."""
-        batch = {k: jax.ShapeDtypeStruct(
-            tuple(v), jnp.int32 if self.batch_fields[k][0] == "int" else jnp.float32,
-            sharding=self.batch_sharding) for k, v in batch_shapes.items()}
+        batch = {k: jax.ShapeDtypeStruct(tuple(v), self.batch_spec.dtype(k),
+                                         sharding=self.batch_sharding)
+                 for k, v in batch_shapes.items()}
         return self._train_step.lower(self.abstract_state(), self._abstract_frozen_arrays(),
                                       batch)
 
@@ -270,37 +224,16 @@ class Trainer:
         """Subclass hook: value checks of one batch field (e.g. token ids within the vocab)."""
 
     def shard_batch(self, host_batch: Mapping[str, np.ndarray]) -> dict:
-        """Per-host numpy batch -> global jax.Arrays sharded over the batch axes (checked)."""
-        missing = [k for k in self.required_fields if k not in host_batch]
-        if missing:
-            raise KeyError(f"batch lacks {missing}; it has {sorted(host_batch)}")
-        unknown = sorted(set(host_batch) - set(self.batch_fields))
-        if unknown:
-            raise KeyError(f"batch has unknown fields {unknown}; expected {sorted(self.batch_fields)}")
-        rows, first = None, None
-        out = {}
-        for key in self.fields_used(host_batch):
-            kind, ndim = self.batch_fields[key]
-            x = np.asarray(host_batch[key])
-            numeric = np.integer if kind == "int" else np.floating
-            if x.ndim != ndim or not np.issubdtype(x.dtype, numeric):
-                raise ValueError(f"batch[{key!r}] must be a {ndim}-D {kind} array, got "
-                                 f"{x.dtype} {x.shape}")
-            if rows is None:
-                rows, first = x.shape[0], key
-            elif x.shape[0] != rows:
-                raise ValueError(f"batch fields have different row counts: {key!r} has "
-                                 f"{x.shape[0]}, {first!r} has {rows}")
+        """Per-host numpy batch -> global jax.Arrays sharded over the batch axes (the fields a
+        step reads, checked by the batch spec and `check_field`)."""
+        out = self.batch_spec.check(host_batch)
+        for key, x in out.items():
             self.check_field(key, x)
-            out[key] = x.astype(np.int32 if kind == "int" else np.float32)
+        rows = next(iter(out.values())).shape[0]
         sharding.check_batch_divisible(rows * jax.process_count(), self.rules, self.mesh,
                                        "global batch", self.accum_steps)
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
                 for k, v in out.items()}
-
-    def fields_used(self, host_batch: Mapping[str, Any]) -> list[str]:
-        """The fields of a batch the steps read (subclasses drop optional ones they ignore)."""
-        return [k for k in self.batch_fields if k in host_batch]
 
     # ------------------------------------------------------------------------------------------
     # Loss plumbing
@@ -312,60 +245,16 @@ class Trainer:
               ctx: StepContext) -> tuple[jax.Array, dict, Any]:
         raise NotImplementedError
 
-    def _microbatches(self, batch: Mapping[str, jax.Array]) -> dict:
-        """[B, ...] -> [k, B/k, ...]; microbatch i holds rows i, i+k, i+2k... so that each one is
-        spread over every batch shard (a contiguous split would put it on a few devices)."""
-        k = self.accum_steps
-
-        def split(x):
-            rows = x.shape[0]
-            x = jnp.swapaxes(x.reshape(rows // k, k, *x.shape[1:]), 0, 1)
-            return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
-        return {key: split(v) for key, v in batch.items()}
-
     def _loss_and_grads(self, params: dict, batch: Mapping[str, jax.Array], with_grads: bool,
                         *, frozen: Any = None, model_state: Any = None, rng: jax.Array | None = None
                         ) -> tuple[dict, Any, Any]:
         """(sums, gradients or None, new model_state) of a whole batch."""
-        frozen = {} if frozen is None else frozen
-        model_state = {} if model_state is None else model_state
-        rng = jax.random.key(self.seed) if rng is None else rng
-        totals = self._totals(batch)
-
-        def fn(p, b, state, key):
-            ctx = StepContext(frozen=frozen, model_state=state, rng=key, train=with_grads)
-            if with_grads:
-                def loss(p_):
-                    value, sums, new_state = self._loss(p_, b, totals, ctx)
-                    return value, (sums, new_state)
-                (_, (sums, new_state)), grads = jax.value_and_grad(loss, has_aux=True)(p)
-                return sums, grads, new_state
-            _, sums, new_state = self._loss(p, b, totals, ctx)
-            return sums, None, new_state
-
-        if self.accum_steps == 1:
-            return fn(params, batch, model_state, rng)
-
-        def body(carry, micro_and_index):
-            acc_sums, acc_grads, state = carry
-            micro, index = micro_and_index
-            sums, grads, state = fn(params, micro, state, jax.random.fold_in(rng, index))
-            acc_sums = jax.tree.map(jnp.add, acc_sums, sums)
-            if with_grads:
-                acc_grads = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc_grads, grads)
-            return (acc_sums, acc_grads, state), None
-
-        micro = self._microbatches(batch)
-        first = jax.tree.map(lambda x: x[0], micro)
-        sums0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-            lambda: fn(params, first, model_state, rng)[0]))
-        grads0 = None
-        if with_grads:
-            grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            grads0 = jax.tree.map(jax.lax.with_sharding_constraint, grads0, self.param_shardings)
-        (sums, grads, model_state), _ = jax.lax.scan(
-            body, (sums0, grads0, model_state), (micro, jnp.arange(self.accum_steps)))
-        return sums, grads, model_state
+        return accumulation.loss_and_grads(
+            self._loss, self._totals(batch), params, batch, accum_steps=self.accum_steps,
+            with_grads=with_grads, frozen={} if frozen is None else frozen,
+            model_state={} if model_state is None else model_state,
+            rng=jax.random.key(self.seed) if rng is None else rng,
+            param_shardings=self.param_shardings)
 
     def _metrics(self, sums: Mapping[str, jax.Array]) -> dict:
         """Per-step metrics from the sums of the loss (subclasses add their ratios)."""
@@ -406,23 +295,21 @@ class Trainer:
             metrics.update({f"{k}_sum": v for k, v in sums.items() if k != "loss"})
         return metrics
 
-    def _check_ready(self, batch: Mapping[str, Any]) -> None:
+    def _check_ready(self, batch: Mapping[str, Any], *, training: bool) -> None:
         if self.frozen is None:
             raise RuntimeError(f"the frozen parts {sorted(self.frozen_parts)} are not set; call "
                                "trainer.set_frozen({...}) first")
-        missing = [k for k in self.required_fields if k not in batch]
-        if missing:
-            raise KeyError(f"batch lacks {missing}; it has {sorted(batch)}")
+        self.batch_spec.missing(batch, training=training)
 
     def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]
                    ) -> tuple[TrainState, dict]:
         """One optimizer step (jitted; `state` is donated: use only the returned one)."""
-        self._check_ready(batch)
+        self._check_ready(batch, training=True)
         return self._train_step(state, self.frozen, dict(batch))
 
     def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict:
         """Losses and counts of a batch without updating (jitted, nothing donated)."""
-        self._check_ready(batch)
+        self._check_ready(batch, training=False)
         return self._eval_step(state, self.frozen, dict(batch))
 
     def summarize_eval(self, totals: Mapping[str, float]) -> dict:
