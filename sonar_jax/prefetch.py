@@ -11,6 +11,8 @@ import queue
 import threading
 from typing import Iterable, Iterator, TypeVar
 
+from sonar_jax import stopping
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -59,6 +61,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 return
             if isinstance(item, _Failure):
                 raise item.error
+            stopping.check()
             yield item
     finally:
         stop.set()

@@ -27,6 +27,7 @@ import numpy as np
 from sonar_jax import multihost
 from sonar_jax.corpus import inputs, shards
 from sonar_jax.corpus.identity import file_sha256, model_identity, tokenizer_identity
+from sonar_jax.outputs import atomic_path
 from sonar_jax.prefetch import prefetch
 from sonar_jax.streaming import DEFAULT_CHUNK
 from sonar_jax.tokenizer import UnknownLanguageError
@@ -157,18 +158,14 @@ class _Output:
     @contextlib.contextmanager
     def writing(self, shard: Shard) -> Iterator[np.ndarray]:
         """A [rows, D] buffer to fill; on success the shard appears, then its record."""
-        partial = self.data_path(shard).with_suffix(self.format.suffix + ".partial")
-        try:
+        with atomic_path(self.data_path(shard)) as partial:
             buffer = self.format.create(partial, shard.rows, self.spec["dim"],
                                         self.spec["output"]["dtype"])
             yield buffer
             self.format.finish(buffer, partial)
             del buffer
             sha256 = file_sha256(partial)
-            os.replace(partial, self.data_path(shard))
-            shards.write_json(self.record_path(shard), self.record(shard, sha256))
-        finally:
-            partial.unlink(missing_ok=True)
+        shards.write_json(self.record_path(shard), self.record(shard, sha256))
 
     def write_manifest(self, plan: Sequence[Shard]) -> dict:
         records = [shards.read_json(self.record_path(s)) for s in plan]

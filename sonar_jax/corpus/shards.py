@@ -14,15 +14,15 @@ A `sonar-jax embed` output folder:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-from typing import Iterator, TextIO
+from typing import Iterator
 
 import numpy as np
 
 from sonar_jax.corpus import inputs
+from sonar_jax.outputs import atomic_text
 
 FORMAT_VERSION = 1
 RUN_FILE, MANIFEST_FILE, SHARDS_DIR = "run.json", "manifest.json", "shards"
@@ -69,20 +69,6 @@ class ParquetShards:
 
 
 FORMATS = {"npy": NpyShards(), "parquet": ParquetShards()}
-
-
-@contextlib.contextmanager
-def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
-    """A UTF-8 file to write that replaces `path` only once complete (a reader sees the old
-    file or the whole new one; an interrupted write leaves neither a partial file nor a change)."""
-    path = pathlib.Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "w", encoding="utf-8") as out:
-            yield out
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def write_json(path: pathlib.Path, value: dict) -> None:

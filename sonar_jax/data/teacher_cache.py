@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sonar_jax.data.manifests import ManifestRow, read_manifests
+from sonar_jax.outputs import atomic_path
 
 
 def _fingerprint(rows: Sequence[ManifestRow]) -> str:
@@ -41,27 +42,26 @@ def cache_teacher_embeddings(manifest_paths: Sequence[str | os.PathLike],
     by_lang: dict[str, list[int]] = {}
     for index, row in enumerate(rows):
         by_lang.setdefault(row.lang, []).append(index)
-    out_path = pathlib.Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial")
-    table = None
-    for row_lang, positions in by_lang.items():
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start:start + batch_size]
-            embeddings = np.asarray(embed_fn([rows[i].text for i in chunk], row_lang), np.float32)
-            if embeddings.ndim != 2 or embeddings.shape[0] != len(chunk):
-                raise ValueError(f"embed_fn returned shape {embeddings.shape} for {len(chunk)} "
-                                 "texts; expected [texts, dim]")
-            if table is None:
-                table = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                                  shape=(len(rows), embeddings.shape[1]))
-            table[chunk] = embeddings
-    if table is None:
-        raise ValueError(f"the manifests {list(map(str, manifest_paths))} have no rows")
-    table.flush()
-    info = {"manifests": [os.fspath(p) for p in manifest_paths], "rows": len(rows),
-            "dim": int(table.shape[1]), "fingerprint": _fingerprint(rows)}
-    del table
-    os.replace(partial, out_path)
+    with atomic_path(out_path) as partial:
+        table = None
+        for row_lang, positions in by_lang.items():
+            for start in range(0, len(positions), batch_size):
+                chunk = positions[start:start + batch_size]
+                embeddings = np.asarray(embed_fn([rows[i].text for i in chunk], row_lang),
+                                        np.float32)
+                if embeddings.ndim != 2 or embeddings.shape[0] != len(chunk):
+                    raise ValueError(f"embed_fn returned shape {embeddings.shape} for "
+                                     f"{len(chunk)} texts; expected [texts, dim]")
+                if table is None:
+                    table = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                                      shape=(len(rows), embeddings.shape[1]))
+                table[chunk] = embeddings
+        if table is None:
+            raise ValueError(f"the manifests {list(map(str, manifest_paths))} have no rows")
+        table.flush()
+        info = {"manifests": [os.fspath(p) for p in manifest_paths], "rows": len(rows),
+                "dim": int(table.shape[1]), "fingerprint": _fingerprint(rows)}
+        del table
     _sidecar(out_path).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
 

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from sonar_jax import multihost
+from sonar_jax.errors import UsageError
 from sonar_jax.evaluate.margin import check_margin, margin_scores
 from sonar_jax.evaluate.neighbors import (DEFAULT_CANDIDATE_CHUNK, DEFAULT_QUERY_CHUNK,
                                           Neighbors, knn_blocks, l2_normalize)
@@ -159,10 +160,10 @@ def mine(x, y, *, margin: str = "ratio", k: int = 4, retrieval: str = "max",
     """
     check_margin(margin)
     if retrieval not in RETRIEVALS:
-        raise ValueError(f"unknown retrieval {retrieval!r}; choose one of "
+        raise UsageError(f"unknown retrieval {retrieval!r}; choose one of "
                          f"{', '.join(RETRIEVALS)}")
     if k < 1 or block_rows < 1:
-        raise ValueError(f"k and block_rows must be positive, got {k} and {block_rows}")
+        raise UsageError(f"k and block_rows must be positive, got {k} and {block_rows}")
     xs = x if isinstance(x, Rows) else ArrayRows(x, "the source embeddings")
     ys = y if isinstance(y, Rows) else ArrayRows(y, "the target embeddings")
     _check_widths(xs, ys)
@@ -189,7 +190,7 @@ def mine(x, y, *, margin: str = "ratio", k: int = 4, retrieval: str = "max",
 def write_pairs(path: str | os.PathLike, pairs: MinedPairs, x_texts: Sequence[str],
                 y_texts: Sequence[str]) -> None:
     """`score<TAB>source<TAB>target` lines, best first (what LASER writes, sorted), atomically."""
-    from sonar_jax.corpus.shards import atomic_text
+    from sonar_jax.outputs import atomic_text
 
     with atomic_text(path) as out:
         for score, src, tgt in zip(pairs.scores, pairs.sources, pairs.targets):
