@@ -43,7 +43,23 @@ class _DictConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        for field in dataclasses.fields(cls):
+            if field.name in values and not _fits(values[field.name], field.default):
+                raise ValueError(f"{cls.__name__}.{field.name} is {values[field.name]!r}, not of "
+                                 f"type {type(field.default).__name__}")
         return cls(**values)
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a stored value has the type of the field's default (an int passes for a float;
+    fields whose default is None or a container are not checked)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) == isinstance(default, bool) or default is None
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

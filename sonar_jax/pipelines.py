@@ -28,7 +28,7 @@ from sonar_jax import batching
 from sonar_jax.compiled import inference_jit
 from sonar_jax.cosine import as_output, check_embeddings, check_output_dtype
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
-from sonar_jax.model_dir import load_model, load_tokenizer
+from sonar_jax.model_dir import check_vocabulary, load_model, load_tokenizer
 from sonar_jax.models.layers import unstacked
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
@@ -49,14 +49,18 @@ def inference_model(model, kind: str, dtype: str | None):
     return unstacked(model)
 
 
-def _tokenizer(tokenizer, model) -> NllbTokenizer:
-    if isinstance(tokenizer, NllbTokenizer):
-        return tokenizer
-    source = tokenizer if tokenizer is not None else model
-    if not isinstance(source, (str, pathlib.Path)):
-        raise ValueError("pass a tokenizer (an NllbTokenizer or a converted model directory) "
-                         "when the model is not given as a directory")
-    return load_tokenizer(source)
+def _tokenizer(tokenizer, source, model) -> NllbTokenizer:
+    """The tokenizer given (an NllbTokenizer or a converted directory; default: the model's
+    own directory `source`), checked to fit `model`'s vocabulary."""
+    if not isinstance(tokenizer, NllbTokenizer):
+        tokenizer_source = tokenizer if tokenizer is not None else source
+        if not isinstance(tokenizer_source, (str, pathlib.Path)):
+            raise ValueError("pass a tokenizer (an NllbTokenizer or a converted model "
+                             "directory) when the model is not given as a directory")
+        tokenizer = load_tokenizer(tokenizer_source)
+    check_vocabulary(tokenizer, model.cfg.vocab_size,
+                     str(source) if isinstance(source, (str, pathlib.Path)) else "given")
+    return tokenizer
 
 
 def read_sentences(input: str | pathlib.Path | Sequence[str]) -> list[str]:
@@ -96,7 +100,7 @@ class TextToEmbeddingModelPipeline:
     def __init__(self, encoder: str | pathlib.Path | TextEncoder, tokenizer=None, *,
                  dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
         self.model = inference_model(encoder, "text_encoder", dtype)
-        self.tokenizer = _tokenizer(tokenizer, encoder)
+        self.tokenizer = _tokenizer(tokenizer, encoder, self.model)
         self.parallel = batching.DataParallel(devices)
         self._graphdef, state = nnx.split(self.model)
         self._state = self.parallel.replicate(state)
@@ -108,8 +112,8 @@ class TextToEmbeddingModelPipeline:
     def tokenize(self, sentences: Sequence[str], source_lang: str,
                  max_seq_len: int | None = None) -> list[list[int]]:
         """Source-mode ids, truncated to `max_seq_len` like the reference (with one warning)."""
-        tokens, truncated = self._tokenize(sentences, source_lang, max_seq_len)
-        _warn_truncated(truncated, len(tokens), self._limit(max_seq_len))
+        tokens, truncated = self.tokenize_counted(sentences, source_lang, max_seq_len)
+        self.warn_truncated(truncated, len(tokens), max_seq_len)
         return tokens
 
     def _limit(self, max_seq_len: int | None) -> int:
@@ -118,11 +122,20 @@ class TextToEmbeddingModelPipeline:
             raise ValueError(f"max_seq_len {limit} exceeds the encoder's {self.max_seq_len}")
         return limit
 
-    def _tokenize(self, sentences, source_lang, max_seq_len) -> tuple[list[list[int]], int]:
-        """(ids truncated to the limit, how many were longer)."""
+    def tokenize_counted(self, sentences: Sequence[str], source_lang: str,
+                         max_seq_len: int | None = None) -> tuple[list[list[int]], int]:
+        """(ids truncated to the limit, how many were longer): for callers that tokenize a
+        corpus piece by piece and warn once (`warn_truncated`)."""
         limit = self._limit(max_seq_len)
         tokens = self.tokenizer.encode_batch(sentences, source_lang)
         return [t[:limit] for t in tokens], sum(len(t) > limit for t in tokens)
+
+    def warn_truncated(self, truncated: int, total: int, max_seq_len: int | None = None) -> None:
+        """One warning for the `truncated` of `total` sentences cut to the limit."""
+        if truncated:
+            log.warning("%d of %d sentences are longer than %d tokens and were truncated (the "
+                        "final EOS is cut too, as the reference does)", truncated, total,
+                        self._limit(max_seq_len))
 
     def embed_tokens(self, tokens: Sequence[Sequence[int]], *, batch_size: int | None = 5,
                      batch_max_tokens: int | None = None, progress_bar: bool = False
@@ -178,7 +191,7 @@ class TextToEmbeddingModelPipeline:
         self.tokenizer.lang_id(source_lang)
         result = np.zeros((len(sentences), self.model.cfg.model_dim), np.float32)
         starts = range(0, len(sentences), TOKENIZE_WINDOW)
-        windows = ((start, self._tokenize(sentences[start:start + TOKENIZE_WINDOW], source_lang,
+        windows = ((start, self.tokenize_counted(sentences[start:start + TOKENIZE_WINDOW], source_lang,
                                           max_seq_len)) for start in starts)
         truncated = 0
         with progress(len(sentences), progress_bar, "sent") as bar:
@@ -188,19 +201,13 @@ class TextToEmbeddingModelPipeline:
                                                              batch_max_tokens=batch_max_tokens):
                     result[start + indices] = embeddings
                     bar.update(len(indices))
-        _warn_truncated(truncated, len(sentences), self._limit(max_seq_len))
+        self.warn_truncated(truncated, len(sentences), max_seq_len)
         return as_output(result, normalize_embeddings=normalize_embeddings,
                          output_dtype=output_dtype)
 
 
 # Sentences tokenized at a time by TextToEmbeddingModelPipeline.predict (length-sorted within).
 TOKENIZE_WINDOW = 4096
-
-
-def _warn_truncated(truncated: int, total: int, limit: int) -> None:
-    if truncated:
-        log.warning("%d of %d sentences are longer than %d tokens and were truncated (the "
-                    "final EOS is cut too, as the reference does)", truncated, total, limit)
 
 
 def _fetched(indices: np.ndarray, out: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +271,7 @@ class EmbeddingToTextModelPipeline:
     def __init__(self, decoder: str | pathlib.Path | TextDecoder, tokenizer=None, *,
                  dtype: str | None = None, devices: Sequence[jax.Device] | None = None):
         self.model = inference_model(decoder, "text_decoder", dtype)
-        self.tokenizer = _tokenizer(tokenizer, decoder)
+        self.tokenizer = _tokenizer(tokenizer, decoder, self.model)
         self.parallel = batching.DataParallel(devices)
         self._replicated = None
 

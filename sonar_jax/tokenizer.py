@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
+from sonar_jax.errors import UsageError
+
 DEFAULT_LANGS_FILE = pathlib.Path(__file__).with_name("assets") / "nllb_langs.txt"
 DATA_TAGS = ("<MINED_DATA>", "<MMT_BT_DATA>", "<SMT_BT_DATA>")
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -27,8 +29,8 @@ def read_langs(path: str | pathlib.Path = DEFAULT_LANGS_FILE) -> list[str]:
     return langs
 
 
-class UnknownLanguageError(ValueError):
-    pass
+class UnknownLanguageError(UsageError):
+    """A language code the tokenizer does not know (the message names the closest ones)."""
 
 
 class NllbTokenizer:
@@ -38,7 +40,11 @@ class NllbTokenizer:
         self.spm_path = pathlib.Path(spm_path)
         if not self.spm_path.is_file():
             raise FileNotFoundError(f"SentencePiece model {self.spm_path} does not exist")
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.spm_path))
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.spm_path))
+        except RuntimeError as error:  # an empty, truncated or foreign file
+            raise ValueError(f"{self.spm_path} is not a readable SentencePiece model ({error}); "
+                             "pass the .model file the checkpoint was trained with") from None
         self.langs = list(langs) if langs is not None else read_langs()
         self._num_pieces = self._sp.get_piece_size()
         self._lang_base = self._num_pieces + 1
@@ -52,10 +58,13 @@ class NllbTokenizer:
         try:
             return self._lang_ids[lang]
         except KeyError:
-            close = difflib.get_close_matches(lang, self.langs, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            same_letters = [code for code in self.langs if code.lower() == str(lang).lower()]
+            close = same_letters or difflib.get_close_matches(lang, self.langs, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            if same_letters:
+                hint += "; codes are case-sensitive"
             raise UnknownLanguageError(
-                f"unknown language code {lang!r}{hint} Codes look like 'eng_Latn' "
+                f"unknown language code {lang!r}{hint}. Codes look like 'eng_Latn' "
                 f"(ISO 639-3 + script); this tokenizer knows {len(self.langs)} of them.") from None
 
     def data_tag_id(self, tag: str) -> int:

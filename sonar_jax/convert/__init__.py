@@ -6,6 +6,7 @@ import pathlib
 
 from sonar_jax.convert import heads, speech, text
 from sonar_jax.convert.torch_pickle import open_checkpoint
+from sonar_jax.errors import UsageError
 from sonar_jax.model_dir import write_model_dir
 from sonar_jax.models import registry
 from sonar_jax.tokenizer import NllbTokenizer
@@ -25,12 +26,12 @@ def convert_checkpoint(src: str | pathlib.Path, out_dir: str | pathlib.Path, kin
     conversion succeeds.
     """
     if kind not in registry.KINDS:
-        raise ValueError(f"unknown --model {kind!r}; expected one of {list(registry.KINDS)}")
+        raise UsageError(f"unknown --model {kind!r}; expected one of {list(registry.KINDS)}")
     if embedding_dim is not None and kind != "blaser":
-        raise ValueError("--embedding-dim is for --model blaser only")
+        raise UsageError("--embedding-dim is for --model blaser only")
     if not registry.KINDS[kind].has_tokenizer:
         if tokenizer is not None or langs is not None:
-            raise ValueError(f"a {kind} has no tokenizer (it reads "
+            raise UsageError(f"a {kind} has no tokenizer (it reads "
                              f"{'audio' if kind == 'speech_encoder' else 'embeddings'}): drop "
                              "--tokenizer/--langs (the text model used with it brings its own)")
         with open_checkpoint(src, skip_unknown=True) as ckpt:
@@ -44,7 +45,7 @@ def convert_checkpoint(src: str | pathlib.Path, out_dir: str | pathlib.Path, kin
                                                        source=str(src))
         return write_model_dir(out_dir, kind, cfg, params, None)
     if tokenizer is None:
-        raise ValueError(f"a {kind} needs its SentencePiece model: pass --tokenizer")
+        raise UsageError(f"a {kind} needs its SentencePiece model: pass --tokenizer")
     nllb = NllbTokenizer(tokenizer, langs)
     with open_checkpoint(src) as ckpt:
         state_dict = text.find_state_dict(ckpt.root, str(src))
