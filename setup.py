@@ -34,5 +34,5 @@ setup(
         "test": ["pytest>=8", "librosa>=0.10", "soundfile>=0.12", "pyarrow>=14"],
         "tpu": ["libtpu"],  # the TPU compiler, for launch/aot_compile.py on any host
     },
-    entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:main"]},
+    entry_points={"console_scripts": ["sonar-jax=sonar_jax.cli:console"]},
 )

@@ -92,7 +92,15 @@ def load_audio(path: Union[str, os.PathLike], *, sample_rate: int = SAMPLE_RATE)
         warnings.warn(
             f"{path} has {data.shape[1]} channels; using only the first one.", stacklevel=2
         )
+    if rate != sample_rate and rate not in _RESAMPLED_RATES:
+        _RESAMPLED_RATES.add(rate)
+        warnings.warn(f"{path} is sampled at {rate} Hz; it is resampled to {sample_rate} Hz "
+                      f"(the encoder's rate), as is every later {rate} Hz file", stacklevel=2)
     return resample(np.ascontiguousarray(data[:, 0]), rate, sample_rate)
+
+
+# Sample rates already reported as resampled (once per rate, not once per file).
+_RESAMPLED_RATES: set[int] = set()
 
 
 def num_frames(num_samples):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import pathlib
-import signal
 import sys
 
+from sonar_jax import stopping
 from sonar_jax.corpus.shards import DEFAULT_SHARD_ROWS
+from sonar_jax.errors import UsageError
+from sonar_jax.model_store import DEFAULT_STORE, STORE_ENV
 from sonar_jax.models import registry
+from sonar_jax.outputs import atomic_path, atomic_text, check_new
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
 
 # Where `sonar-jax data build` keeps downloaded Debian packages between builds.
@@ -30,18 +34,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _sink(path: str, overwrite: bool):
-    """Standard output for '-', else a new file (an existing one is kept unless --overwrite)."""
+    """Standard output for '-', else a new text file that appears only once complete (an
+    existing one is kept unless --overwrite)."""
     if path == "-":
         yield sys.stdout
         return
-    _check_new(path, overwrite)
-    with open(path, "w", encoding="utf-8") as f:
+    check_new(path, overwrite)
+    with atomic_text(path) as f:
         yield f
-
-
-def _check_new(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _generation_args(args: argparse.Namespace) -> dict:
@@ -54,31 +54,29 @@ def _encode(args: argparse.Namespace) -> None:
     from sonar_jax.pipelines import TextToEmbeddingModelPipeline
 
     output = args.output or ("embeddings.npy" if args.input == "-" else args.input + ".npy")
-    _check_new(output, args.overwrite)
+    check_new(output, args.overwrite)
     pipeline = TextToEmbeddingModelPipeline(args.model, dtype=args.dtype)
     pipeline.tokenizer.lang_id(args.lang)  # fail on a bad code before reading any input
     with streaming.text_source(args.input) as source:
-        count = streaming.encode_file(pipeline, source, output, args.lang,
-                                      batch_size=args.batch_size,
-                                      batch_max_tokens=args.batch_max_tokens,
-                                      progress=not args.quiet,
-                                      normalize_embeddings=args.normalize_embeddings,
-                                      output_dtype=args.output_dtype)
-    print(f"wrote {count} embeddings to {output}", file=sys.stderr)
+        scan = _scanned(source, args.input)
+        with atomic_path(output) as partial:
+            streaming.encode_file(pipeline, source, scan.lines, partial, args.lang,
+                                  batch_size=args.batch_size,
+                                  batch_max_tokens=args.batch_max_tokens,
+                                  progress=not args.quiet,
+                                  normalize_embeddings=args.normalize_embeddings,
+                                  output_dtype=args.output_dtype)
+    print(f"wrote {scan.lines} embeddings to {output}", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _exit_on_sigterm(what: str):
-    """SIGTERM ends the command through Python's exit path, so partial files are removed."""
-    def stop(signum, frame):
-        print(f"\nsonar-jax: {signal.Signals(signum).name}: stopping; {what}", file=sys.stderr)
-        raise SystemExit(128 + signum)
+def _scanned(source: pathlib.Path, input_arg: str):
+    """The input's line count after checking it (UTF-8, not empty), blank lines reported."""
+    from sonar_jax import streaming
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    label = "standard input" if input_arg == "-" else input_arg
+    scan = streaming.scan_text(source, label)
+    scan.warn_blank(label)
+    return scan
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -89,7 +87,7 @@ def _embed(args: argparse.Namespace) -> None:
 
     from sonar_jax.corpus.embed import embed_corpus
 
-    with _exit_on_sigterm("finished shards are kept: rerun the same command to resume"):
+    with stopping.on_signals("finished shards are kept: rerun the same command to resume"):
         result = embed_corpus(args.input, args.output, model=args.model, lang=args.lang,
                               text_column=args.text_column, lang_column=args.lang_column,
                               shard_rows=args.shard_rows, shard_format=args.format,
@@ -108,7 +106,7 @@ def _mine(args: argparse.Namespace) -> None:
     maybe_initialize(args.distributed)
     from sonar_jax.evaluate.mining import mine_corpora
 
-    _check_new(args.output, args.overwrite)
+    check_new(args.output, args.overwrite)
     pairs = mine_corpora(args.src, args.tgt, args.output, src_lang=args.src_lang,
                          tgt_lang=args.tgt_lang, unify=not args.no_unify, margin=args.margin,
                          k=args.k, retrieval=args.retrieval, threshold=args.threshold)
@@ -128,7 +126,7 @@ def _audio_inputs(inputs: list[str]) -> list[str]:
         else:
             paths.append(item)
     if not paths:
-        raise ValueError("no audio inputs: --input names no audio file")
+        raise UsageError("no audio inputs: --input names no audio file")
     return paths
 
 
@@ -138,9 +136,9 @@ def _speech_encode(args: argparse.Namespace) -> None:
     from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
 
     if args.output is None and len(args.input) != 1:
-        raise ValueError("pass --output when --input names several files")
+        raise UsageError("pass --output when --input names several files")
     output = args.output or args.input[0] + ".npy"
-    _check_new(output, args.overwrite)
+    check_new(output, args.overwrite)
     paths = _audio_inputs(args.input)
     pipeline = SpeechToEmbeddingModelPipeline(args.model, dtype=args.dtype)
     embeddings = pipeline.predict(paths, batch_size=args.batch_size,
@@ -148,20 +146,36 @@ def _speech_encode(args: argparse.Namespace) -> None:
                                   progress_bar=not args.quiet,
                                   normalize_embeddings=args.normalize_embeddings,
                                   output_dtype=args.output_dtype)
-    np.save(output, embeddings)
+    with atomic_path(output) as partial, open(partial, "wb") as out:
+        np.save(out, embeddings)
     print(f"wrote {len(embeddings)} embeddings to {output}", file=sys.stderr)
 
 
-def _load_embeddings(path: str, flag: str, text_hint: str):
-    """The [N, D] array of a .npy file given to `flag`, with errors that name both."""
+def _load_embeddings(path: str, flag: str, text_hint: str, width: int | None = None):
+    """The [N, D] floating-point array of a .npy file given to `flag` (memory-mapped), with
+    errors that name the flag and file: not there, not a .npy, the wrong shape or dtype, or rows
+    holding NaN or inf (checked chunk by chunk, so a corpus larger than memory is fine)."""
     import numpy as np
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path} does not exist")
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError:
-        raise ValueError(f"{flag} {path} is not a .npy array of embeddings; {text_hint}") from None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise ValueError(f"{flag} {path} is not a .npy array of embeddings; {text_hint}"
+                         ) from None
+    wanted = f"[N, {'D' if width is None else width}]"
+    if array.ndim != 2 or (width is not None and array.shape[1] != width):
+        raise ValueError(f"{flag} {path} must have shape {wanted}, got {list(array.shape)}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{flag} {path} holds {array.dtype} values; embeddings are floating "
+                         "point (the .npy that `sonar-jax encode` writes)")
+    bad = [start + int(row) for start in range(0, len(array), 65536)
+           for row in np.flatnonzero(~np.isfinite(array[start:start + 65536]).all(axis=1))]
+    if bad:
+        raise ValueError(f"{flag} {path}: NaN or inf in rows {bad[:10]}"
+                         + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+    return array
 
 
 def _write_scores(scores, output: str, overwrite: bool) -> None:
@@ -176,12 +190,12 @@ def _blaser(args: argparse.Namespace) -> None:
                  "--ref-lang": args.ref_lang}
     if args.encoder is None and any(v is not None for v in text_only.values()):
         given = "/".join(k for k, v in text_only.items() if v is not None)
-        raise ValueError(f"{given}: languages are for text files, which need --encoder DIR; "
+        raise UsageError(f"{given}: languages are for text files, which need --encoder DIR; "
                          "without it --src/--mt/--ref are .npy embeddings")
     if args.encoder is not None and (args.src_lang is None or args.mt_lang is None):
-        raise ValueError("scoring text needs --src-lang and --mt-lang (e.g. eng_Latn, fra_Latn)")
+        raise UsageError("scoring text needs --src-lang and --mt-lang (e.g. eng_Latn, fra_Latn)")
     if args.output != "-":
-        _check_new(args.output, args.overwrite)
+        check_new(args.output, args.overwrite)
     pipeline = BlaserPipeline(args.model, encoder=args.encoder, dtype=args.dtype)
     if args.encoder is None:
         arrays = {name: None if path is None else _load_embeddings(
@@ -208,11 +222,11 @@ def _mutox(args: argparse.Namespace) -> None:
     for input_flag, flags in companions.items():
         for flag, value in flags.items():
             if input_flag == source and value is None:
-                raise ValueError(f"{source} needs {flag}")
+                raise UsageError(f"{source} needs {flag}")
             if input_flag != source and value is not None:
-                raise ValueError(f"{flag} goes with {input_flag}, not {source}")
+                raise UsageError(f"{flag} goes with {input_flag}, not {source}")
     if args.output != "-":
-        _check_new(args.output, args.overwrite)
+        check_new(args.output, args.overwrite)
     progress = dict(batch_size=args.batch_size, progress_bar=not args.quiet)
     if source == "--speech-manifest":
         from sonar_jax.data.manifests import read_manifests
@@ -239,8 +253,10 @@ def _decode(args: argparse.Namespace) -> None:
 
     pipeline = EmbeddingToTextModelPipeline(args.model, dtype=args.dtype)
     pipeline.tokenizer.lang_id(args.lang)
+    embeddings = _load_embeddings(args.input, "--input", "pass the .npy `sonar-jax encode` "
+                                  "wrote", width=pipeline.model.cfg.model_dim)
     with _sink(args.output, args.overwrite) as sink:
-        streaming.decode_file(pipeline, args.input, sink, args.lang, progress=not args.quiet,
+        streaming.decode_file(pipeline, embeddings, sink, args.lang, progress=not args.quiet,
                               **_generation_args(args))
 
 
@@ -251,16 +267,18 @@ def _translate(args: argparse.Namespace) -> None:
     pipeline = TextToTextModelPipeline(args.encoder, args.decoder, dtype=args.dtype)
     for lang in (args.src, args.tgt):
         pipeline.text_to_embedding.tokenizer.lang_id(lang)
-    with streaming.text_source(args.input) as source, _sink(args.output, args.overwrite) as sink:
-        streaming.translate_file(pipeline, source, sink, args.src, args.tgt,
-                                 progress=not args.quiet, **_generation_args(args))
+    with streaming.text_source(args.input) as source:
+        scan = _scanned(source, args.input)
+        with _sink(args.output, args.overwrite) as sink:
+            streaming.translate_file(pipeline, source, scan.lines, sink, args.src, args.tgt,
+                                     progress=not args.quiet, **_generation_args(args))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from sonar_jax.evaluate import run_evaluation
 
     if args.json:
-        _check_new(args.json, args.overwrite)
+        check_new(args.json, args.overwrite)
     run_evaluation(data=args.data, split=args.split, langs=args.langs, pivot=args.pivot,
                    encoder=args.encoder, decoder=args.decoder,
                    speech_embeddings=args.speech_embeddings, text_embeddings=args.text_embeddings,
@@ -281,7 +299,7 @@ def _key_values(items: list[str] | None, kind: type, what: str) -> dict | None:
     for pair in ",".join(items).split(","):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what}: expected SPLIT=VALUE, got {pair!r}")
+            raise UsageError(f"{what}: expected SPLIT=VALUE, got {pair!r}")
         out[key.strip()] = kind(value)
     return out
 
@@ -320,13 +338,29 @@ def _data_teacher_cache(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from absl import app
+
     from sonar_jax.train.entry import run_from_flags
 
-    run_from_flags(["sonar-jax train"] + args.flags)
+    try:
+        run_from_flags(["sonar-jax train"] + args.flags)
+    except app.UsageError as error:
+        raise UsageError(str(error)) from None
+
+
+def _positive(value: str) -> int:
+    """argparse type of counts that must be at least 1 (batch sizes, beams, k)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} must be at least 1")
+    return number
 
 
 def _add_common(command: argparse.ArgumentParser, batch_size: int) -> None:
-    command.add_argument("--batch-size", type=int, default=batch_size)
+    command.add_argument("--batch-size", type=_positive, default=batch_size)
     command.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                          help="compute dtype (default: as converted)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -348,8 +382,8 @@ def _add_scoring(command: argparse.ArgumentParser, model_help: str, run) -> None
 
 
 def _add_generation(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--beam-size", type=int, default=5)
-    command.add_argument("--max-seq-len", type=int, default=None,
+    command.add_argument("--beam-size", type=_positive, default=5)
+    command.add_argument("--max-seq-len", type=_positive, default=None,
                          help="total tokens per output, the 2-token prompt included (cap 512)")
 
 
@@ -361,6 +395,7 @@ def _add_distributed(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__)
+    _add_global_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -368,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="new directory to create (must not exist)")
     convert.add_argument("--model", required=True, choices=list(registry.KINDS))
-    convert.add_argument("--num-heads", type=int, default=16,
+    convert.add_argument("--num-heads", type=_positive, default=16,
                          help="attention heads (not inferable from shapes; released models: "
                               "16; for a speech encoder, the pooler's)")
     convert.add_argument("--tokenizer", default=None,
@@ -380,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                          help="dtype of the stored parameters (bfloat16 also makes it the "
                               "default compute dtype when loading)")
-    convert.add_argument("--embedding-dim", type=int, default=None,
+    convert.add_argument("--embedding-dim", type=_positive, default=None,
                          help="blaser: width of the SONAR embeddings it scores, when the file "
                               "fits both forms (default: 1024 where that fits)")
     convert.set_defaults(run=_convert)
@@ -390,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--lang", required=True, help="source language code, e.g. eng_Latn")
     encode.add_argument("--input", default="-", help="text file, or - for standard input")
     encode.add_argument("--output", help="the .npy to write (default: INPUT.npy)")
-    encode.add_argument("--batch-max-tokens", type=int, default=None)
+    encode.add_argument("--batch-max-tokens", type=_positive, default=None)
     _add_embedding_output(encode)
     _add_common(encode, batch_size=64)
     encode.set_defaults(run=_encode)
@@ -411,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shard files: .npy, or Parquet with a fixed-size list column "
                             "(needs pyarrow: pip install 'sonar_jax[parquet]')")
     embed.add_argument("--output-dtype", default="float32", choices=["float32", "float16"])
-    embed.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
+    embed.add_argument("--shard-rows", type=_positive, default=DEFAULT_SHARD_ROWS,
                        help="rows per shard: the unit of work and of resuming")
-    embed.add_argument("--batch-max-tokens", type=int, default=None)
+    embed.add_argument("--batch-max-tokens", type=_positive, default=None)
     _add_distributed(embed)
     _add_common(embed, batch_size=64)
     embed.set_defaults(run=_embed)
@@ -426,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--src-lang", help="check that every source sentence is in this language")
     mine.add_argument("--tgt-lang", help="check that every target sentence is in this language")
     mine.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
-    mine.add_argument("-k", "--k", type=int, default=4, help="neighbours in each direction")
+    mine.add_argument("-k", "--k", type=_positive, default=4, help="neighbours in each direction")
     mine.add_argument("--retrieval", default="max",
                       choices=["forward", "backward", "max", "intersection"])
     mine.add_argument("--threshold", type=float, default=None,
@@ -443,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="audio files, and/or .txt/.lst files listing one audio path a line "
                              "(relative to the list); embeddings keep this order")
     speech.add_argument("--output", help="the .npy to write (default: INPUT.npy for one input)")
-    speech.add_argument("--batch-max-frames", type=int, default=None,
+    speech.add_argument("--batch-max-frames", type=_positive, default=None,
                         help="bound on rows × longest utterance per batch, in 10 ms frames")
     _add_embedding_output(speech)
     _add_common(speech, batch_size=16)
@@ -515,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--references", help="reference translations, one per manifest row "
                                                "(default: the transcriptions)")
     evaluate.add_argument("--margin", default="ratio", choices=["ratio", "distance", "absolute"])
-    evaluate.add_argument("--k", type=int, default=4)
+    evaluate.add_argument("--k", type=_positive, default=4)
     evaluate.add_argument("--text-comparison", action="store_true",
                           help="count a retrieved duplicate of the gold sentence as right "
                                "(LASER eval.py's default; ours: the gold index itself)")
@@ -540,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at most N rows in a split (a stable subset), e.g. dev=200")
     build.add_argument("--speech", help="fillets: locales whose recordings to add, e.g. cs,nl")
     build.add_argument("--source", help="espeak: a built corpus whose sentences to synthesise")
-    build.add_argument("--workers", type=int, help="espeak: synthesis processes")
+    build.add_argument("--workers", type=_positive, help="espeak: synthesis processes")
     build.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     build.set_defaults(run=_data_build)
     sample = data_commands.add_parser("sample", help="rebuild the committed sample (data/sample)")
@@ -555,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "the order training lists them")
     cache.add_argument("--out", required=True, help=".npy to write (and OUT.json beside it)")
     cache.add_argument("--lang", help="NLLB code for manifests without a lang column")
-    cache.add_argument("--batch-size", type=int, default=64)
+    cache.add_argument("--batch-size", type=_positive, default=64)
     cache.set_defaults(run=_data_teacher_cache)
 
     train = commands.add_parser(
@@ -563,10 +598,41 @@ def build_parser() -> argparse.ArgumentParser:
                       "--workdir=DIR [--config.section.field=VALUE ...])")
     train.add_argument("flags", nargs=argparse.REMAINDER)
     train.set_defaults(run=_train)
+    for command in [*commands.choices.values(), *data_commands.choices.values()]:
+        if command is not data:
+            _add_global_options(command)
     return parser
 
 
+# Exceptions whose message is written for the user; any other is a bug to report.
+_EXPECTED = (ValueError, OSError, LookupError, TypeError, ImportError)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as one line: its message, or for an unexpected error its type and the start of
+    its message with a pointer to --debug."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    message = " ".join(str(message).split())
+    if isinstance(error, _EXPECTED) and message:
+        return message
+    return (f"{type(error).__name__}: {message[:300]} (unexpected: rerun with --debug for the "
+            "traceback and please report it)")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    """--debug and --model-store, accepted before the subcommand and after it."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="on an error, show the Python traceback instead of one line")
+    parser.add_argument("--model-store", default=default if default is argparse.SUPPRESS
+                        else None, metavar="DIR",
+                        help=f"folder of converted models named as SONAR's released assets "
+                             f"(default: ${STORE_ENV}, else {DEFAULT_STORE})")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command: 0 on success, 2 for a usage error (a bad flag or value, an output that
+    exists), 1 for a failure, 130 on Ctrl-C; SIGTERM exits with 143. Every error is one line on
+    standard error (--debug: the traceback), and no interrupted output is left looking whole."""
     parser = build_parser()
     # `train` hands its flags to absl; argparse's REMAINDER does not take a leading --flag.
     args, unknown = parser.parse_known_args(argv)
@@ -574,13 +640,40 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train":
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.flags = unknown + list(args.flags)
+    if args.model_store:
+        os.environ[STORE_ENV] = args.model_store
+    name = f"sonar-jax {args.command}"
+    logging.basicConfig(format=f"{name}: %(levelname)s: %(message)s")
     try:
-        args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) as error:
-        print(f"sonar-jax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        with stopping.on_signals("no partial output is left"):
+            args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"{name}: error: {_one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, (UsageError, FileExistsError)) else 1
     return 0
 
 
+INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM
+
+
+def console() -> None:
+    """The `sonar-jax` executable. After an interruption (its outputs already cleaned up) the
+    process ends at once: Python's normal teardown can crash inside XLA when a device program
+    was cut off mid-flight."""
+    try:
+        status = main()
+    except SystemExit as stop:
+        status = stop.code
+    if status in INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax import batching
+from sonar_jax.errors import UsageError
 from sonar_jax.cosine import check_embeddings
 from sonar_jax.model_dir import load_model
 from sonar_jax.models.heads import BlaserModel, MutoxClassifier
@@ -91,7 +92,7 @@ class ScoringHead:
         """Scores [N] (float32) of checked, aligned [N, D] arrays (None: an input left out);
         `options` go to the model."""
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
         total = len(arrays[0])
         scores = np.zeros(total, np.float32)
         with progress(total, progress_bar, "row") as bar:
@@ -125,7 +126,7 @@ def _text_encoder(encoder, tokenizer, head: ScoringHead, dtype, devices):
 
 def _need_encoder(pipeline, what: str):
     if pipeline is None:
-        raise ValueError(f"scoring {what} needs a text encoder: pass encoder= (a converted "
+        raise UsageError(f"scoring {what} needs a text encoder: pass encoder= (a converted "
                          "text encoder directory), or score embeddings instead")
     return pipeline
 
@@ -149,10 +150,10 @@ class BlaserPipeline:
 
     def _check_reference(self, given: bool) -> None:
         if self.needs_reference and not given:
-            raise ValueError("this BLASER model is reference-based (blaser_2_0_ref): pass the "
+            raise UsageError("this BLASER model is reference-based (blaser_2_0_ref): pass the "
                              "reference translations (ref / --ref), or use the QE model")
         if given and not self.needs_reference:
-            raise ValueError("this BLASER model is reference-free (QE, blaser_2_0_qe): it takes "
+            raise UsageError("this BLASER model is reference-free (QE, blaser_2_0_qe): it takes "
                              "no reference; drop ref / --ref, or use blaser_2_0_ref")
 
     def score(self, src, mt, ref=None, *, batch_size: int = DEFAULT_BATCH,

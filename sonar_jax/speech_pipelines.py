@@ -13,6 +13,7 @@ bucketed shapes, sharded over all local devices, and returned in input order.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from typing import Any, Iterator, Sequence
@@ -26,6 +27,8 @@ from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, encode_program,
                                  inference_model, progress)
+
+log = logging.getLogger(__name__)
 
 
 def _check_inputs(input) -> list:
@@ -62,6 +65,9 @@ class SpeechToEmbeddingModelPipeline:
                 self.model.check_length(len(feats))
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
+            if not feats.std():  # every frame alike: a constant (silent) signal
+                log.warning("%s is silent (a constant signal): its embedding carries no speech",
+                            name)
             fbanks.append(feats)
         return fbanks
 

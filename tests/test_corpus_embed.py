@@ -242,10 +242,10 @@ def test_run_errors_name_what_changed(tmp_path, flores):
                      progress=False)
 
 
-def test_cli_errors_exit_2_with_the_message(tmp_path, capsys):
+def test_cli_errors_exit_1_with_the_message(tmp_path, capsys):
     code = cli.main(["embed", "--model", str(ENCODER), "--input", str(tmp_path / "none.txt"),
                      "--output", str(tmp_path / "out"), "--lang", "eng_Latn", "--quiet"])
-    assert code == 2
+    assert code == 1
     assert "none.txt does not exist" in capsys.readouterr().err
 
 

@@ -280,7 +280,7 @@ def test_cli_mine_errors_name_the_folder(embedded, tmp_path, capsys):
 
     eng, fra = embedded / "eng_Latn", embedded / "fra_Latn"
     code, err = run(eng, fra, "--src-lang", "fra_Latn")
-    assert code == 2 and "holds eng_Latn sentences but --src-lang says fra_Latn" in err
+    assert code == 1 and "holds eng_Latn sentences but --src-lang says fra_Latn" in err
     for field, value, message in (("dim", 32, "have width 64 but the embeddings in"),
                                   ("model", {"name": "other", "sha256": "0" * 64},
                                    "were embedded with different models")):
@@ -289,7 +289,7 @@ def test_cli_mine_errors_name_the_folder(embedded, tmp_path, capsys):
         manifest = json.loads((other / "manifest.json").read_text())
         (other / "manifest.json").write_text(json.dumps({**manifest, field: value}))
         code, err = run(eng, other)
-        assert code == 2 and message in err and str(other) in err, err
+        assert code == 1 and message in err and str(other) in err, err
     code, err = run(eng, tmp_path / "nowhere")
-    assert code == 2 and "has no manifest.json; pass the --output folder of" in err
+    assert code == 1 and "has no manifest.json; pass the --output folder of" in err
     assert not (tmp_path / "pairs.tsv").exists()

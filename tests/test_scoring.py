@@ -129,7 +129,7 @@ def test_cli_converts_and_scores_embedding_files(fixtures_dir, tmp_path, io, cap
         np.save(tmp_path / f"{name}.npy", io[name])
     code, _, err = run(capsys, "convert", fixtures_dir / "heads" / "blaser_ref.pt",
                        tmp_path / "ref", "--model", "blaser")
-    assert code == 2 and "pass --embedding-dim" in err
+    assert code == 1 and "pass --embedding-dim" in err
     assert run(capsys, "convert", fixtures_dir / "heads" / "blaser_ref.pt", tmp_path / "ref",
                "--model", "blaser", "--embedding-dim", "64")[0] == 0
     code, out, err = run(capsys, "blaser", "--model", tmp_path / "ref", "--src",
@@ -143,7 +143,7 @@ def test_cli_converts_and_scores_embedding_files(fixtures_dir, tmp_path, io, cap
     code, _, err = run(capsys, "blaser", "--model", tmp_path / "ref", "--src",
                        tmp_path / "src.npy", "--mt", tmp_path / "missing.npy", "--ref",
                        tmp_path / "ref.npy")
-    assert code == 2 and "--mt" in err and "does not exist" in err
+    assert code == 1 and "--mt" in err and "does not exist" in err
 
 
 def test_cli_scores_text_files_with_an_encoder(heads, encoder, tmp_path, capsys):
@@ -158,7 +158,7 @@ def test_cli_scores_text_files_with_an_encoder(heads, encoder, tmp_path, capsys)
                                                                     "fra_Latn")
     np.testing.assert_allclose(scores_of(out_file.read_text()), expected, atol=1e-5)
     code, _, err = run(capsys, *common, "--mt", tmp_path / "short.txt")
-    assert code == 2 and "line counts differ (src 3, mt 1)" in err
+    assert code == 1 and "line counts differ (src 3, mt 1)" in err
     code, _, err = run(capsys, *common, "--mt", tmp_path / "mt.txt", "--ref",
                        tmp_path / "mt.txt")
     assert code == 2 and "reference-free" in err
@@ -167,7 +167,7 @@ def test_cli_scores_text_files_with_an_encoder(heads, encoder, tmp_path, capsys)
     assert code == 2 and "--src-lang" in err and "need --encoder" in err
     code, _, err = run(capsys, "blaser", "--model", heads["qe"], "--src", tmp_path / "src.txt",
                        "--mt", tmp_path / "mt.txt")
-    assert code == 2 and "not a .npy array" in err
+    assert code == 1 and "not a .npy array" in err
 
 
 def test_cli_classifies_embeddings_and_text(heads, encoder, io, tmp_path, capsys):
@@ -188,7 +188,7 @@ def test_cli_classifies_embeddings_and_text(heads, encoder, io, tmp_path, capsys
     np.save(tmp_path / "bad.npy", np.zeros((2, 1024), np.float32))
     code, _, err = run(capsys, "mutox", "--model", heads["mutox"], "--embeddings",
                        tmp_path / "bad.npy")
-    assert code == 2 and "must have shape [N, 64]" in err
+    assert code == 1 and "must have shape [N, 64]" in err
 
 
 def test_cli_classifies_a_speech_manifest(heads, speech_encoder, fixtures_dir, tmp_path, capsys):

@@ -186,6 +186,9 @@ class FloresSource:
     def __init__(self, root: str | pathlib.Path, split: str, pairs: Sequence[str]):
         folder = pathlib.Path(root) / split
         files = {p.name[:-len(split) - 1]: p for p in sorted(folder.glob(f"*.{split}"))}
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no FLORES files: the folder {folder} does not exist (layout: "
+                                    f"PATH/{split}/<lang_Script>.{split}); check the data path")
         if not files:
             raise FileNotFoundError(f"no FLORES files {folder}/<lang_Script>.{split}")
         self.pairs = resolve_pairs(pairs, sorted(files))

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
+from sonar_jax.errors import UsageError
 from sonar_jax.evaluate.translation import translation_scores
 from sonar_jax.evaluate.xsim import MARGINS, error_types, xsim, xsim_both_directions
 from sonar_jax.pipelines import (TextToEmbeddingModelPipeline, TextToTextModelPipeline,
@@ -115,7 +116,14 @@ def _langs(root, split: str, langs: Iterable[str] | str | None, pivot: str) -> l
         langs = [lang.strip() for lang in langs.split(",") if lang.strip()]
     chosen = [lang for lang in dict.fromkeys(langs) if lang != pivot]
     if not chosen:
-        raise ValueError(f"no language to evaluate against the pivot {pivot}")
+        raise UsageError(f"no language to evaluate against the pivot {pivot}")
+    present = available_langs(root, split)
+    missing = [lang for lang in [pivot, *chosen] if lang not in present]
+    if missing:
+        raise FileNotFoundError(
+            f"no sentences for {', '.join(missing)}: {pathlib.Path(root) / split} has no "
+            f"{split} file for them (it has {', '.join(present) or 'none'}); choose --langs / "
+            "--pivot among those")
     return chosen
 
 
@@ -142,9 +150,9 @@ def evaluate_text_retrieval(encoder, flores_root, split: str,
     retrieved duplicate of the gold sentence as right (LASER's eval.py default).
     """
     if compare not in COMPARISONS:
-        raise ValueError(f"compare must be one of {COMPARISONS}, got {compare!r}")
+        raise UsageError(f"compare must be one of {COMPARISONS}, got {compare!r}")
     if margin not in MARGINS:
-        raise ValueError(f"unknown margin {margin!r}; choose one of {', '.join(MARGINS)}")
+        raise UsageError(f"unknown margin {margin!r}; choose one of {', '.join(MARGINS)}")
     embed = _embedder(encoder, batch_size, progress)
     langs = _langs(flores_root, split, langs, pivot)
     by_text = compare == "text"
@@ -289,7 +297,9 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def write_json(path, rows: Sequence[dict], settings: dict) -> None:
     """{"settings": ..., "results": rows, "averages": per-column averages}."""
-    with open(path, "w", encoding="utf-8") as f:
+    from sonar_jax.outputs import atomic_text
+
+    with atomic_text(path) as f:
         json.dump({"settings": settings, "results": list(rows), "averages": averages(rows)}, f,
                   indent=2, ensure_ascii=False)
         f.write("\n")
@@ -312,19 +322,19 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
     default the clips' language, against the transcriptions or `references`, one a line);
     prints the table to `out` and writes `json_path` when given."""
     if encoder is None and speech_encoder is None and speech_embeddings is None:
-        raise ValueError("nothing to evaluate: give an encoder (xsim), an encoder and a decoder "
+        raise UsageError("nothing to evaluate: give an encoder (xsim), an encoder and a decoder "
                          "(xsim and translation), speech and text embeddings (speech xsim), or "
                          "a speech encoder, a decoder and a speech manifest (speech BLEU)")
     if decoder is not None and encoder is None and speech_encoder is None:
-        raise ValueError("translation needs an encoder (text or speech) as well as the decoder")
+        raise UsageError("translation needs an encoder (text or speech) as well as the decoder")
     if (speech_encoder is None) != (speech_manifest is None) or (
             speech_encoder is not None and decoder is None):
-        raise ValueError("speech-to-text BLEU needs a speech encoder, a decoder and a speech "
+        raise UsageError("speech-to-text BLEU needs a speech encoder, a decoder and a speech "
                          "manifest")
     if (speech_embeddings is None) != (text_embeddings is None):
-        raise ValueError("speech retrieval needs both speech and text embeddings (.npy)")
+        raise UsageError("speech retrieval needs both speech and text embeddings (.npy)")
     if encoder is not None and data is None:
-        raise ValueError("text evaluation needs the data folder (ROOT/SPLIT/LANG.SPLIT)")
+        raise UsageError("text evaluation needs the data folder (ROOT/SPLIT/LANG.SPLIT)")
     rows: list[dict] = []
     if encoder is not None:
         if decoder is None:
@@ -347,7 +357,7 @@ def run_evaluation(*, data: str | None = None, split: str = "devtest",
         spoken = sorted({clip.lang for clip in clips})
         target = target_lang or (spoken[0] if len(spoken) == 1 else None)
         if target is None:
-            raise ValueError(f"the manifest holds several languages {spoken}; give target_lang")
+            raise UsageError(f"the manifest holds several languages {spoken}; give target_lang")
         refs = ([clip.text for clip in clips] if references is None
                 else read_sentences(references))
         rows += evaluate_speech_translation(

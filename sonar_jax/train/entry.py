@@ -16,15 +16,22 @@ from typing import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-_FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file[:variant]",
-                                          lock_config=True, flag_values=_FLAGS)
-_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics and exports go here",
-                               flag_values=_FLAGS)
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "call jax.distributed.initialize(): auto = when the environment shows several processes",
-    flag_values=_FLAGS)
+def _training_flags(argv: Sequence[str]) -> tuple[flags.FlagValues, dict]:
+    """Fresh flag values for parsing `argv` (absl's are otherwise process-global: a second
+    in-process run would inherit the first one's --workdir; ml_collections finds the --config.*
+    overrides in the argv it is given at definition)."""
+    fv = flags.FlagValues()
+    holders = {
+        "config": config_flags.DEFINE_config_file(
+            "config", None, "training config file[:variant]", lock_config=True, flag_values=fv,
+            sys_argv=resolve_config_flag(argv)),
+        "workdir": flags.DEFINE_string("workdir", None, "checkpoints, metrics and exports go "
+                                       "here", flag_values=fv),
+        "distributed": flags.DEFINE_enum(
+            "distributed", "auto", ["auto", "on", "off"], "call jax.distributed.initialize(): "
+            "auto = when the environment shows several processes", flag_values=fv),
+    }
+    return fv, holders
 
 
 def run_training(cfg, workdir: str):
@@ -65,6 +72,8 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], required: st
         rest = flag_values(resolve_config_flag(argv))
     except flags.Error as error:
         raise app.UsageError(str(error)) from None
+    except (AttributeError, KeyError) as error:  # ml_collections: an override of no field
+        raise app.UsageError(_unknown_field(argv, str(error).strip("\"'"))) from None
     if len(rest) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     missing = [name for name in required.split() if flag_values[name].value in (None, "")]
@@ -73,13 +82,34 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], required: st
         raise app.UsageError(f"{', '.join('--' + m for m in missing)} required{hint}")
 
 
+def _unknown_field(argv: Sequence[str], name: str) -> str:
+    """The message for a --config.a.b=VALUE override naming a field the config lacks, with the
+    fields it has there when the config is a packaged recipe."""
+    overrides = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    flag = next((o for o in overrides if name in o.split(".")[1:]), "a --config.* override")
+    message = f"{flag}: the config has no field {name!r}"
+    spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "")
+    recipe, _, variant = spec.partition(":")
+    from sonar_jax.configs import RECIPES, get_config
+
+    if recipe in RECIPES and flag.startswith("--config."):
+        section = get_config(recipe, variant or "basic")
+        for part in flag.split(".")[1:-1]:
+            section = section.get(part) if hasattr(section, "get") else None
+        if hasattr(section, "keys"):
+            message += f"; fields there: {', '.join(sorted(section.keys()))}"
+    return message
+
+
 def run_from_flags(argv: Sequence[str]):
     """Parses `argv` (argv[0] is the program name) and runs the training it describes."""
-    parse_flags(_FLAGS, argv, "config workdir")
+    fv, holders = _training_flags(argv)
+    parse_flags(fv, argv, "config workdir")
     from sonar_jax.train.distributed import maybe_initialize
 
-    maybe_initialize(_DISTRIBUTED.value)
-    result = run_training(_CONFIG.value, _WORKDIR.value)
-    print(f"sonar-jax train: {result.stopped} at step {result.step} (workdir {_WORKDIR.value})",
+    maybe_initialize(holders["distributed"].value)
+    workdir = holders["workdir"].value
+    result = run_training(holders["config"].value, workdir)
+    print(f"sonar-jax train: {result.stopped} at step {result.step} (workdir {workdir})",
           file=sys.stderr)
     return result
