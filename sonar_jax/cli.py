@@ -28,7 +28,8 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = convert_checkpoint(args.src, args.out_dir, args.model, tokenizer=args.tokenizer,
                              langs=langs_from_arg(args.langs), num_heads=args.num_heads,
-                             dtype=args.dtype, embedding_dim=args.embedding_dim)
+                             dtype=args.dtype, embedding_dim=args.embedding_dim,
+                             overwrite=args.overwrite)
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -401,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="convert a released SONAR .pt checkpoint (no torch needed)")
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
-    convert.add_argument("out_dir", help="new directory to create (must not exist)")
+    convert.add_argument("out_dir", help="directory to create (missing parent folders are made)")
     convert.add_argument("--model", required=True, choices=list(registry.KINDS))
     convert.add_argument("--num-heads", type=_positive, default=16,
                          help="attention heads (not inferable from shapes; released models: "
@@ -418,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--embedding-dim", type=_positive, default=None,
                          help="blaser: width of the SONAR embeddings it scores, when the file "
                               "fits both forms (default: 1024 where that fits)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace an existing OUT_DIR (once the new one is complete)")
     convert.set_defaults(run=_convert)
 
     encode = commands.add_parser("encode", help="embed sentences (one a line) into a .npy")

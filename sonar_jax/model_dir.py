@@ -37,16 +37,16 @@ READABLE_FORMATS = (1, 2)  # 1: q/k/v projections stored apart
 CONFIG_FILE, PARAMS_DIR, SPM_FILE, LANGS_FILE = "config.json", "params", "tokenizer.model", "langs.txt"
 
 
-def write_model_dir(out_dir: str | pathlib.Path, kind: str,
-                    cfg: Any, params: Any, tokenizer: NllbTokenizer | None) -> pathlib.Path:
-    """Writes a converted model directory; a text model's tokenizer must match its vocabulary,
-    other kinds have none."""
+def write_model_dir(out_dir: str | pathlib.Path, kind: str, cfg: Any, params: Any,
+                    tokenizer: NllbTokenizer | None, overwrite: bool = False) -> pathlib.Path:
+    """Writes a converted model directory (replacing one only with `overwrite`, once the new one
+    is complete); a text model's tokenizer must match its vocabulary, other kinds have none."""
     if (tokenizer is None) == registry.kind(kind).has_tokenizer:
         raise ValueError(f"a {kind} directory " + ("has no tokenizer" if tokenizer is not None
                                                     else "needs its tokenizer"))
     if tokenizer is not None:
         check_vocabulary(tokenizer, cfg.vocab_size, f"being written to {out_dir}")
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp:
         checkpoint.save_params(tmp / PARAMS_DIR, params)
         if tokenizer is not None:
             shutil.copyfile(tokenizer.spm_path, tmp / SPM_FILE)

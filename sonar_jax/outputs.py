@@ -56,21 +56,37 @@ def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[pathlib.Path]:
+def atomic_directory(out_dir: str | os.PathLike, overwrite: bool = False
+                     ) -> Iterator[pathlib.Path]:
     """Yields a temporary sibling folder of `out_dir`, renamed to it only if the block completes
-    (and removed otherwise); an existing `out_dir` is never touched, missing parent folders are
-    created (a model store starts empty)."""
+    (and removed otherwise). An existing `out_dir` is refused, or with `overwrite` replaced only
+    once the new one is complete; missing parent folders are created (a model store starts
+    empty)."""
     out_dir = pathlib.Path(out_dir).absolute()
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} already exists; choose a new output directory or "
-                              "remove it first")
+    check_existing_directory(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{PARTIAL_SUFFIX}-",
                                         dir=out_dir.parent))
     try:
         yield tmp
         stopping.check()
-        os.rename(tmp, out_dir)
+        if out_dir.exists():
+            replaced = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+            os.rename(out_dir, replaced)
+            os.rename(tmp, out_dir)
+            if replaced.is_dir():
+                shutil.rmtree(replaced)
+            else:
+                replaced.unlink()
+        else:
+            os.rename(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_existing_directory(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuses an output directory that exists unless `overwrite` (checked before long work)."""
+    if pathlib.Path(out_dir).exists() and not overwrite:
+        raise FileExistsError(f"{pathlib.Path(out_dir).absolute()} already exists; pass "
+                              "--overwrite to replace it, or choose a new output directory")

@@ -283,11 +283,22 @@ def test_convert_a_pickle_that_calls_code_runs_nothing(capsys, fixtures_dir, spm
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_convert_refuses_an_existing_output(capsys, fixtures_dir, spm, tmp_path):
+def test_convert_refuses_an_existing_output_without_overwrite(capsys, fixtures_dir, spm,
+                                                              tmp_path):
     (tmp_path / "out").mkdir()
-    code, err = run(capsys, "convert", fixtures_dir / "text" / "tiny_text_encoder.pt",
-                    tmp_path / "out", "--model", "text_encoder", "--tokenizer", spm)
-    assert code == 2 and "out already exists" in one_error_line(err)
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    argv = ["convert", fixtures_dir / "text" / "tiny_text_encoder.pt", tmp_path / "out",
+            "--model", "text_encoder", "--tokenizer", spm, "--num-heads", "4"]
+    code, err = run(capsys, *argv)
+    assert code == 2 and "out already exists; pass --overwrite" in one_error_line(err)
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert not (tmp_path / "out" / "mine.txt").exists() and _files_of(tmp_path) == ["out"]
+
+
+def _files_of(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
 def test_convert_creates_a_missing_parent_folder(capsys, fixtures_dir, spm, tmp_path):
