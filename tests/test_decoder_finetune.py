@@ -46,7 +46,9 @@ def _autoencode_chrf(trainer, state, tokenizer, sentences) -> float:
     return translation_scores(outputs, sentences, "eng_Latn")["chrf++"]
 
 
-def test_decoder_learns_while_the_encoder_stays_frozen():
+def _trainer_on_the_trained_model():
+    """(config, tokenizer, trainer with the trained encoder frozen, initial state, a copy of the
+    encoder's parameters as given)."""
     cfg = _config()
     tokenizer = load_tokenizer(TRAINED / "encoder")
     trainer = DecoderFinetuneTrainer(cfg, sharding.make_mesh(dict(data=1, fsdp=-1, tensor=1),
@@ -55,8 +57,32 @@ def test_decoder_learns_while_the_encoder_stays_frozen():
     original = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(encoder, nnx.Param)))
     trainer.set_frozen({"encoder": encoder})
     state = trainer.init(0, init_params={"decoder": load_model(TRAINED / "decoder")})
-    assert set(state.params) == {"decoder"}  # the encoder is neither optimised nor saved
+    return cfg, tokenizer, trainer, state, original
 
+
+def _assert_encoder_untouched(trainer, state, original):
+    assert set(state.params) == {"decoder"}  # the encoder is neither optimised nor saved
+    # Bit-identical: the frozen encoder the trainer holds equals the one it was given.
+    jax.tree.map(np.testing.assert_array_equal, original,
+                 jax.tree.map(np.asarray, trainer.frozen["encoder"]))
+
+
+def test_steps_train_only_the_decoder():
+    cfg, tokenizer, trainer, state, original = _trainer_on_the_trained_model()
+    before = jax.tree.map(np.array, state.params["decoder"])
+    batches = make_iterator(cfg.data, tokenizer, "text", training=True, rows_multiple=1, seed=0)
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, trainer.shard_batch(next(batches)))
+    assert np.isfinite(float(metrics["interp_loss"]))
+    changed = jax.tree.map(lambda a, b: bool((np.asarray(a) != b).any()),
+                           state.params["decoder"], before)
+    assert any(jax.tree.leaves(changed))  # the decoder is trained
+    _assert_encoder_untouched(trainer, state, original)
+
+
+@pytest.mark.slow
+def test_decoder_learns_while_the_encoder_stays_frozen():
+    cfg, tokenizer, trainer, state, original = _trainer_on_the_trained_model()
     sentences = (SAMPLE / "dev/eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:64]
     chrf_before = _autoencode_chrf(trainer, state, tokenizer, sentences)
     batches = make_iterator(cfg.data, tokenizer, "text", training=True, rows_multiple=1, seed=0)
@@ -69,9 +95,7 @@ def test_decoder_learns_while_the_encoder_stays_frozen():
           f"auto-encoding chrF++ on held-out English {chrf_before:.2f} -> {chrf_after:.2f}")
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert chrf_after > chrf_before + 1.0
-    # Bit-identical: the frozen encoder the trainer holds equals the one it was given.
-    jax.tree.map(np.testing.assert_array_equal, original,
-                 jax.tree.map(np.asarray, trainer.frozen["encoder"]))
+    _assert_encoder_untouched(trainer, state, original)
 
 
 @pytest.mark.parametrize("distribution,low,high", [("uniform", 0.0, 1.0), ("uniform", 0.2, 0.4),
