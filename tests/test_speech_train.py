@@ -1,7 +1,7 @@
 """Speech distillation on real recordings (Fish Fillets NG Dutch voice actors, data/sample/speech):
-the student's MSE to the teacher falls well below its initialisation's (slow); the cached teacher gives
-the same training as the online one; only the student is trained and checkpointed; BatchNorm
-trains on the valid frames only."""
+the student's MSE to the teacher falls well below its initialisation's (slow); the cached teacher
+gives the same training as the online one; only the student is trained and checkpointed;
+BatchNorm trains on the valid frames only."""
 
 import pathlib
 
