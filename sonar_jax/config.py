@@ -62,6 +62,19 @@ def _fits(value: Any, default: Any) -> bool:
     return True
 
 
+def _check_transformer(cfg: Any, **heads: int) -> None:
+    """The checks every Transformer config shares: heads that divide model_dim (each named as
+    its field), an even model_dim (sinusoidal positions), known dtypes and attention kernel."""
+    for name, count in heads.items():
+        if cfg.model_dim % count:
+            raise ValueError(f"model_dim {cfg.model_dim} is not divisible by {name} {count}")
+    if cfg.model_dim % 2:
+        raise ValueError(f"model_dim {cfg.model_dim} must be even for sinusoidal positions")
+    to_jnp_dtype(cfg.dtype)
+    to_jnp_dtype(cfg.param_dtype)
+    check_attention(cfg.attention)
+
+
 @dataclasses.dataclass(frozen=True)
 class TextModelConfig(_DictConfig):
     """Sizes of a SONAR text encoder or decoder (NLLB-shaped Transformer).
@@ -86,14 +99,7 @@ class TextModelConfig(_DictConfig):
     attention: str = "auto"
 
     def __post_init__(self):
-        if self.model_dim % self.num_heads:
-            raise ValueError(
-                f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
-        if self.model_dim % 2:
-            raise ValueError(f"model_dim {self.model_dim} must be even for sinusoidal positions")
-        to_jnp_dtype(self.dtype)
-        to_jnp_dtype(self.param_dtype)
-        check_attention(self.attention)
+        _check_transformer(self, num_heads=self.num_heads)
 
     @property
     def head_dim(self) -> int:
@@ -131,18 +137,10 @@ class SpeechModelConfig(_DictConfig):
     attention: str = "auto"
 
     def __post_init__(self):
-        for dim, heads, what in ((self.model_dim, self.num_heads, "num_heads"),
-                                 (self.model_dim, self.pooler_heads, "pooler_heads")):
-            if dim % heads:
-                raise ValueError(f"model_dim {dim} is not divisible by {what} {heads}")
-        if self.model_dim % 2:
-            raise ValueError(f"model_dim {self.model_dim} must be even for sinusoidal positions")
+        _check_transformer(self, num_heads=self.num_heads, pooler_heads=self.pooler_heads)
         if not 0 <= self.bos_idx < self.pooler_vocab_size:
             raise ValueError(f"bos_idx {self.bos_idx} is outside the pooler's "
                              f"{self.pooler_vocab_size}-row embedding table")
-        to_jnp_dtype(self.dtype)
-        to_jnp_dtype(self.param_dtype)
-        check_attention(self.attention)
 
     @property
     def head_dim(self) -> int:
