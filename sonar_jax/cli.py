@@ -1,4 +1,11 @@
-"""The `sonar-jax` command."""
+"""The `sonar-jax` command.
+
+A model (--model, --encoder, --decoder, ...) is a converted directory or a released SONAR name
+(text_sonar_basic_encoder, sonar_speech_encoder_eng, blaser_2_0_qe, ...) found in the model
+store: --model-store, else $SONAR_JAX_MODELS, else ~/.cache/sonar_jax/models. Exit status: 0
+done, 1 a failure, 2 a usage error, 130 Ctrl-C, 143 SIGTERM; an interrupted command leaves no
+output behind.
+"""
 
 from __future__ import annotations
 
@@ -395,7 +402,8 @@ def _add_distributed(command: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_global_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
