@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sonar_jax import batching
+from sonar_jax import batching, stopping
 from sonar_jax.compiled import inference_jit
 from sonar_jax.cosine import as_output, check_embeddings, check_output_dtype
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, TopKSampler, TopPSampler, generate
@@ -311,6 +311,7 @@ class EmbeddingToTextModelPipeline:
         rng = jax.random.key(seed)
         with progress(len(embeddings), progress_bar, "sent") as bar:
             for batch, limit in zip(batches, limits):
+                stopping.check()
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 chunk = np.zeros((rows, embeddings.shape[1]), np.float32)
                 chunk[: len(batch.indices)] = embeddings[batch.indices]
@@ -351,9 +352,18 @@ class TextToTextModelPipeline:
     def predict(self, input, source_lang: str, target_lang: str, batch_size: int = 5,
                 progress_bar: bool = False, sampler=None, **generation: Any) -> list[str]:
         """Translations of sentences; `sampler` and `generation`: `GenerationOptions`."""
-        options = GenerationOptions.of(sampler, **generation)
-        sentences = read_sentences(input)
-        tokens = self.text_to_embedding.tokenize(sentences, source_lang)
+        options = GenerationOptions.of(sampler, **generation)  # bad options fail first
+        tokens = self.text_to_embedding.tokenize(read_sentences(input), source_lang)
+        return self.translate_tokens(tokens, target_lang, batch_size=batch_size,
+                                     progress_bar=progress_bar, options=options)
+
+    def translate_tokens(self, tokens: Sequence[Sequence[int]], target_lang: str, *,
+                         batch_size: int = 5, progress_bar: bool = False,
+                         options: GenerationOptions | None = None, sampler=None,
+                         **generation: Any) -> list[str]:
+        """Translations of already tokenized sentences (`TextToEmbeddingModelPipeline`'s
+        tokenization), for callers that tokenize a file piece by piece."""
+        options = options or GenerationOptions.of(sampler, **generation)
         embeddings = self.text_to_embedding.embed(tokens, batch_size=batch_size)
         return self.embedding_to_text.predict_in_source_order(
             embeddings, [len(t) for t in tokens], target_lang, options, batch_size=batch_size,

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sonar_jax import batching
+from sonar_jax import batching, stopping
 from sonar_jax.errors import UsageError
 from sonar_jax.cosine import check_embeddings
 from sonar_jax.model_dir import load_model
@@ -97,6 +97,7 @@ class ScoringHead:
         scores = np.zeros(total, np.float32)
         with progress(total, progress_bar, "row") as bar:
             for start in range(0, total, batch_size):
+                stopping.check()
                 count = min(batch_size, total - start)
                 rows = batching.rows_bucket(count, self.parallel.size)
                 chunk = [None if a is None else _padded(a[start:start + count], rows)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sonar_jax import audio, batching
+from sonar_jax import audio, batching, stopping
 from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, encode_program,
@@ -80,6 +80,7 @@ class SpeechToEmbeddingModelPipeline:
         limit = self.model.max_fbank_frames()
         with progress(len(fbanks), progress_bar, "utt") as bar:
             for batch in batches:
+                stopping.check()
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 width = batching.length_bucket(int(batch.lengths.max()), limit)
                 feats, lengths = pad_features([fbanks[i] for i in batch.indices], rows, width,

@@ -4,8 +4,9 @@ the exception.
 Python raises KeyboardInterrupt (or a handler's exception) at whatever bytecode the main thread
 is running, and when that is a garbage-collection callback (JAX registers one) the exception is
 printed as "Exception ignored" and dropped: the run would go on and finish as if never stopped.
-So the signal is also recorded here; `check()` re-raises it at safe points (each item that
-`prefetch` hands over, and before an output is renamed into place).
+So the signal is also recorded here; `check()` re-raises it at safe points: each item that
+`prefetch` hands over, each batch of the generation, speech and scoring loops, and before an
+output is renamed into place.
 """
 
 from __future__ import annotations

@@ -127,10 +127,16 @@ def decode_file(pipeline, embeddings: np.ndarray, sink: IO[str], lang: str, *,
 
 def translate_file(pipeline, source: pathlib.Path, total: int, sink: IO[str], src: str, tgt: str,
                    *, chunk: int = DEFAULT_CHUNK, progress: bool = True, **generation) -> int:
-    """Translates the `total` lines of `source` into `sink`; returns the count."""
+    """Translates the `total` lines of `source` into `sink`, truncation counted over the whole
+    file; returns the count."""
+    encoder = pipeline.text_to_embedding
+    truncated = 0
     with _bar(total, "sent", progress) as bar:
         for sentences in line_chunks(source, chunk):
-            for text in pipeline.predict(sentences, src, tgt, **generation):
+            tokens, chunk_truncated = encoder.tokenize_counted(sentences, src)
+            truncated += chunk_truncated
+            for text in pipeline.translate_tokens(tokens, tgt, **generation):
                 sink.write(text + "\n")
             bar.update(len(sentences))
+    encoder.warn_truncated(truncated, total)
     return total

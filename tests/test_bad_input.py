@@ -125,6 +125,25 @@ def test_a_very_long_line_is_truncated_with_one_warning(capsys, caplog, encoder,
     assert len(warned) == 1 and warned[0].startswith("2 of 3 sentences are longer than")
 
 
+def test_translating_long_lines_warns_once_per_file(capsys, caplog, encoder, decoder,
+                                                    monkeypatch, tmp_path):
+    from sonar_jax import streaming
+
+    real = streaming.translate_file
+    monkeypatch.setattr(streaming, "translate_file",
+                        lambda *args, **kwargs: real(*args, **{**kwargs, "chunk": 1}))
+    (tmp_path / "long.txt").write_text("word " * 10_000 + "\nshort\n" + "more " * 10_000 + "\n")
+    with caplog.at_level(logging.WARNING):
+        code, err = run(capsys, "translate", "--encoder", encoder, "--decoder", decoder,
+                        "--src", "eng_Latn", "--tgt", "fra_Latn", "--input", tmp_path / "long.txt",
+                        "--output", tmp_path / "out.txt", "--beam-size", "1",
+                        "--max-seq-len", "4", "--quiet")
+    assert code == 0, err
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 3
+    warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("2 of 3 sentences are longer than")
+
+
 def test_missing_input_file(capsys, encoder, tmp_path):
     code, err = run(capsys, "encode", "--model", encoder, "--lang", "eng_Latn",
                     "--input", tmp_path / "nope.txt", "--quiet")

@@ -109,7 +109,7 @@ def test_translate_in_chunks_fails_after_writing_some(monkeypatch, tiny_text_dir
         return real(*args, chunk=8, **kwargs)
 
     monkeypatch.setattr(streaming, "translate_file", small_chunks)
-    _fail_midway(monkeypatch, pipelines.TextToTextModelPipeline, "predict")
+    _fail_midway(monkeypatch, pipelines.TextToTextModelPipeline, "translate_tokens")
     code = cli.main(["translate", "--encoder", str(tiny_text_dirs["encoder"]),
                      "--decoder", str(tiny_text_dirs["decoder"]), "--src", "eng_Latn",
                      "--tgt", "fra_Latn", "--input", str(source), "--output",
