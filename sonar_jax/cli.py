@@ -160,10 +160,11 @@ def _speech_encode(args: argparse.Namespace) -> None:
 
 
 def _load_embeddings(path: str, flag: str, text_hint: str, width: int | None = None):
-    """The [N, D] floating-point array of a .npy file given to `flag` (memory-mapped), with
-    errors that name the flag and file: not there, not a .npy, the wrong shape or dtype, or rows
-    holding NaN or inf (checked chunk by chunk, so a corpus larger than memory is fine)."""
+    """The [N, D] floating-point array of a .npy file given to `flag`, memory-mapped, with
+    errors that name the flag and file: not there, not a .npy, integers, or `check_rows`'."""
     import numpy as np
+
+    from sonar_jax.cosine import check_rows
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path} does not exist")
@@ -172,17 +173,10 @@ def _load_embeddings(path: str, flag: str, text_hint: str, width: int | None = N
     except (ValueError, OSError, EOFError):
         raise ValueError(f"{flag} {path} is not a .npy array of embeddings; {text_hint}"
                          ) from None
-    wanted = f"[N, {'D' if width is None else width}]"
-    if array.ndim != 2 or (width is not None and array.shape[1] != width):
-        raise ValueError(f"{flag} {path} must have shape {wanted}, got {list(array.shape)}")
-    if not np.issubdtype(array.dtype, np.floating):
+    if array.ndim and not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{flag} {path} holds {array.dtype} values; embeddings are floating "
                          "point (the .npy that `sonar-jax encode` writes)")
-    bad = [start + int(row) for start in range(0, len(array), 65536)
-           for row in np.flatnonzero(~np.isfinite(array[start:start + 65536]).all(axis=1))]
-    if bad:
-        raise ValueError(f"{flag} {path}: NaN or inf in rows {bad[:10]}"
-                         + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+    check_rows(array, name=f"{flag} {path}", width=width)
     return array
 
 
@@ -404,7 +398,7 @@ def _add_distributed(command: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_global_options(parser, default=False)
+    _add_global_options(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -630,12 +624,13 @@ def _one_line(error: BaseException) -> str:
             "traceback and please report it)")
 
 
-def _add_global_options(parser: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
-    """--debug and --model-store, accepted before the subcommand and after it."""
-    parser.add_argument("--debug", action="store_true", default=default,
+def _add_global_options(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """--debug and --model-store, accepted before the subcommand and after it (after it, an
+    unset option leaves the value parsed before it alone)."""
+    unset = {} if top_level else {"default": argparse.SUPPRESS}
+    parser.add_argument("--debug", action="store_true", **unset,
                         help="on an error, show the Python traceback instead of one line")
-    parser.add_argument("--model-store", default=default if default is argparse.SUPPRESS
-                        else None, metavar="DIR",
+    parser.add_argument("--model-store", metavar="DIR", **unset,
                         help=f"folder of converted models named as SONAR's released assets "
                              f"(default: ${STORE_ENV}, else {DEFAULT_STORE})")
 

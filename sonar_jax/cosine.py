@@ -37,16 +37,28 @@ def as_output(embeddings: np.ndarray, *, normalize_embeddings: bool = False,
 
 def check_embeddings(x, *, name: str = "embeddings", width: int | None = None,
                      reader: str = "") -> np.ndarray:
-    """float32 [N, D] rows of `x`, or an error naming `name`: the wrong shape (`width` and the
-    `reader` that expects it, when given), or rows holding NaN or inf."""
+    """float32 [N, D] rows of `x`, or an error naming `name` (see `check_rows`)."""
     array = np.asarray(x, dtype=np.float32)
+    check_rows(array, name=name, width=width, reader=reader)
+    return array
+
+
+# Rows scanned for NaN at a time, so a memory-mapped corpus is never read whole.
+_SCAN_ROWS = 65536
+
+
+def check_rows(array: np.ndarray, *, name: str, width: int | None = None,
+               reader: str = "") -> None:
+    """Refuses, naming `name`, an array that is not [N, D] (`width` and the `reader` that
+    expects it, when given) or has rows holding NaN or inf; reads it a block at a time."""
     if array.ndim != 2 or (width is not None and array.shape[1] != width):
         wanted = f"[N, {'D' if width is None else width}]" + (f" for {reader}" if reader else "")
         raise ValueError(f"{name} must have shape {wanted}, got {list(array.shape)}")
-    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if bad.size:
-        raise ValueError(f"{name}: NaN or inf in rows {bad[:10].tolist()}")
-    return array
+    bad = [start + int(row) for start in range(0, len(array), _SCAN_ROWS)
+           for row in np.flatnonzero(~np.isfinite(array[start:start + _SCAN_ROWS]).all(axis=1))]
+    if bad:
+        raise ValueError(f"{name}: NaN or inf in rows {bad[:10]}"
+                         + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
 
 
 def similarity(a, b) -> np.ndarray:

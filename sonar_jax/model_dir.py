@@ -27,9 +27,9 @@ from typing import Any, Sequence
 from flax import nnx
 
 from sonar_jax import checkpoint
-from sonar_jax.outputs import atomic_directory
 from sonar_jax.model_store import locate
 from sonar_jax.models import qkv_layout, registry
+from sonar_jax.outputs import atomic_directory
 from sonar_jax.tokenizer import NllbTokenizer
 
 FORMAT_VERSION = 2

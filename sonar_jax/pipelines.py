@@ -191,8 +191,8 @@ class TextToEmbeddingModelPipeline:
         self.tokenizer.lang_id(source_lang)
         result = np.zeros((len(sentences), self.model.cfg.model_dim), np.float32)
         starts = range(0, len(sentences), TOKENIZE_WINDOW)
-        windows = ((start, self.tokenize_counted(sentences[start:start + TOKENIZE_WINDOW], source_lang,
-                                          max_seq_len)) for start in starts)
+        windows = ((start, self.tokenize_counted(sentences[start:start + TOKENIZE_WINDOW],
+                                                 source_lang, max_seq_len)) for start in starts)
         truncated = 0
         with progress(len(sentences), progress_bar, "sent") as bar:
             for start, (tokens, window_truncated) in prefetch(windows):

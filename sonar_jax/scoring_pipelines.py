@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from sonar_jax import batching, stopping
-from sonar_jax.errors import UsageError
 from sonar_jax.cosine import check_embeddings
+from sonar_jax.errors import UsageError
 from sonar_jax.model_dir import load_model
 from sonar_jax.models.heads import BlaserModel, MutoxClassifier
 from sonar_jax.pipelines import (TextToEmbeddingModelPipeline, inference_model, progress,

@@ -8,8 +8,8 @@ from sonar_jax.convert import heads, speech, text
 from sonar_jax.convert.torch_pickle import open_checkpoint
 from sonar_jax.errors import UsageError
 from sonar_jax.model_dir import write_model_dir
-from sonar_jax.outputs import check_existing_directory
 from sonar_jax.models import registry
+from sonar_jax.outputs import check_existing_directory
 from sonar_jax.tokenizer import NllbTokenizer
 
 
