@@ -187,3 +187,21 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
             assert not any(dims[0] == cfg.num_layers and dims[1:] in weights for dims in shapes)
         elif instruction.opcode not in _PLUMBING:
             assert not shapes & weights, f"{instruction.name} {instruction.shape} copies a weight"
+
+
+def test_compiled_encoder_reductions_fuse_on_cpu(t2e):
+    """On CPU the encoder compiles without XLA's tree-reduction rewrite (`sonar_jax.compiled`):
+    no LayerNorm or softmax reduction becomes an unfused reduce-window pass; the same program
+    compiled with the pass has them, so the check can fail."""
+    import jax.numpy as jnp
+
+    from sonar_jax.compiled import CPU_COMPILER_OPTIONS
+
+    rows, length = 4, 40  # softmax rows of 40 keys and LayerNorm rows of model_dim > 32
+    args = (t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
+            jnp.full((rows,), length, jnp.int32))
+    ours = pipelines.encode_program.program("cpu").lower(*args).compile().as_text()
+    plain = jax.jit(pipelines.encode_program.__wrapped__, static_argnames="graphdef",
+                    compiler_options={**CPU_COMPILER_OPTIONS, "xla_disable_hlo_passes": ""})
+    assert "reduce-window" not in ours
+    assert "reduce-window" in plain.lower(*args).compile().as_text()
