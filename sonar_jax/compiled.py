@@ -68,9 +68,7 @@ class BackendJit:
         return getattr(self.program(), name)
 
 
-def inference_jit(fun=None, **jit_kwargs):
-    """`BackendJit` of `fun`; usable as a decorator (`@inference_jit` or
-    `@functools.partial(inference_jit, static_argnames=...)`)."""
-    if fun is None:
-        return lambda f: inference_jit(f, **jit_kwargs)
+def inference_jit(fun, **jit_kwargs) -> BackendJit:
+    """`BackendJit` of `fun`; a decorator as `@inference_jit` or
+    `@functools.partial(inference_jit, static_argnames=...)`."""
     return BackendJit(fun, jit_kwargs)
