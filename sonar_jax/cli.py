@@ -10,344 +10,16 @@ output behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
-import pathlib
 import sys
 
-from sonar_jax import stopping
+from sonar_jax import commands, stopping
 from sonar_jax.corpus.shards import DEFAULT_SHARD_ROWS
 from sonar_jax.errors import UsageError
 from sonar_jax.model_store import DEFAULT_STORE, STORE_ENV
 from sonar_jax.models import registry
-from sonar_jax.outputs import atomic_path, atomic_text, check_new
 from sonar_jax.tokenizer import DEFAULT_LANGS_FILE
-
-# Where `sonar-jax data build` keeps downloaded Debian packages between builds.
-DEFAULT_CACHE = pathlib.Path("~/.cache/sonar_jax/debian").expanduser()
-
-
-def _convert(args: argparse.Namespace) -> None:
-    from sonar_jax.convert import convert_checkpoint
-    from sonar_jax.model_dir import langs_from_arg
-
-    out = convert_checkpoint(args.src, args.out_dir, args.model, tokenizer=args.tokenizer,
-                             langs=langs_from_arg(args.langs), num_heads=args.num_heads,
-                             dtype=args.dtype, embedding_dim=args.embedding_dim,
-                             overwrite=args.overwrite)
-    print(f"wrote {out}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _sink(path: str, overwrite: bool):
-    """Standard output for '-', else a new text file that appears only once complete (an
-    existing one is kept unless --overwrite)."""
-    if path == "-":
-        yield sys.stdout
-        return
-    check_new(path, overwrite)
-    with atomic_text(path) as f:
-        yield f
-
-
-def _generation_args(args: argparse.Namespace) -> dict:
-    return dict(beam_size=args.beam_size, max_seq_len=args.max_seq_len,
-                batch_size=args.batch_size, progress_bar=False)
-
-
-def _encode(args: argparse.Namespace) -> None:
-    from sonar_jax import streaming
-    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
-
-    output = args.output or ("embeddings.npy" if args.input == "-" else args.input + ".npy")
-    check_new(output, args.overwrite)
-    pipeline = TextToEmbeddingModelPipeline(args.model, dtype=args.dtype)
-    pipeline.tokenizer.lang_id(args.lang)  # fail on a bad code before reading any input
-    with streaming.text_source(args.input) as source:
-        scan = _scanned(source, args.input)
-        with atomic_path(output) as partial:
-            streaming.encode_file(pipeline, source, scan.lines, partial, args.lang,
-                                  batch_size=args.batch_size,
-                                  batch_max_tokens=args.batch_max_tokens,
-                                  progress=not args.quiet,
-                                  normalize_embeddings=args.normalize_embeddings,
-                                  output_dtype=args.output_dtype)
-    print(f"wrote {scan.lines} embeddings to {output}", file=sys.stderr)
-
-
-def _scanned(source: pathlib.Path, input_arg: str):
-    """The input's line count after checking it (UTF-8, not empty), blank lines reported."""
-    from sonar_jax import streaming
-
-    label = "standard input" if input_arg == "-" else input_arg
-    scan = streaming.scan_text(source, label)
-    scan.warn_blank(label)
-    return scan
-
-
-def _embed(args: argparse.Namespace) -> None:
-    from sonar_jax.train.distributed import maybe_initialize
-
-    maybe_initialize(args.distributed)
-    import jax
-
-    from sonar_jax.corpus.embed import embed_corpus
-
-    with stopping.on_signals("finished shards are kept: rerun the same command to resume"):
-        result = embed_corpus(args.input, args.output, model=args.model, lang=args.lang,
-                              text_column=args.text_column, lang_column=args.lang_column,
-                              shard_rows=args.shard_rows, shard_format=args.format,
-                              output_dtype=args.output_dtype, batch_size=args.batch_size,
-                              batch_max_tokens=args.batch_max_tokens, dtype=args.dtype,
-                              overwrite=args.overwrite, progress=not args.quiet)
-    if jax.process_index() == 0:
-        print(f"embedded {result.embedded} of {result.manifest['rows']} rows into "
-              f"{args.output} in {result.seconds:.1f} s ({result.rate:.0f} sentences/s over "
-              f"{jax.process_count()} process(es))", file=sys.stderr)
-
-
-def _mine(args: argparse.Namespace) -> None:
-    from sonar_jax.train.distributed import maybe_initialize
-
-    maybe_initialize(args.distributed)
-    from sonar_jax.evaluate.mining import mine_corpora
-
-    check_new(args.output, args.overwrite)
-    pairs = mine_corpora(args.src, args.tgt, args.output, src_lang=args.src_lang,
-                         tgt_lang=args.tgt_lang, unify=not args.no_unify, margin=args.margin,
-                         k=args.k, retrieval=args.retrieval, threshold=args.threshold)
-    print(f"wrote {len(pairs)} pairs to {args.output}", file=sys.stderr)
-
-
-def _audio_inputs(inputs: list[str]) -> list[str]:
-    """Audio paths from `--input`: audio files as given, and list files (.txt / .lst) read as one
-    path a line, relative to the list's folder (blank lines and # comments skipped)."""
-    paths = []
-    for item in inputs:
-        if item.endswith((".txt", ".lst")):
-            folder = os.path.dirname(item)
-            with open(item, encoding="utf-8") as lines:
-                paths += [os.path.join(folder, line.strip()) for line in lines
-                          if line.strip() and not line.lstrip().startswith("#")]
-        else:
-            paths.append(item)
-    if not paths:
-        raise UsageError("no audio inputs: --input names no audio file")
-    return paths
-
-
-def _speech_encode(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from sonar_jax.speech_pipelines import SpeechToEmbeddingModelPipeline
-
-    if args.output is None and len(args.input) != 1:
-        raise UsageError("pass --output when --input names several files")
-    output = args.output or args.input[0] + ".npy"
-    check_new(output, args.overwrite)
-    paths = _audio_inputs(args.input)
-    pipeline = SpeechToEmbeddingModelPipeline(args.model, dtype=args.dtype)
-    embeddings = pipeline.predict(paths, batch_size=args.batch_size,
-                                  batch_max_frames=args.batch_max_frames,
-                                  progress_bar=not args.quiet,
-                                  normalize_embeddings=args.normalize_embeddings,
-                                  output_dtype=args.output_dtype)
-    with atomic_path(output) as partial, open(partial, "wb") as out:
-        np.save(out, embeddings)
-    print(f"wrote {len(embeddings)} embeddings to {output}", file=sys.stderr)
-
-
-def _load_embeddings(path: str, flag: str, text_hint: str, width: int | None = None):
-    """The [N, D] floating-point array of a .npy file given to `flag`, memory-mapped, with
-    errors that name the flag and file: not there, not a .npy, integers, or `check_rows`'."""
-    import numpy as np
-
-    from sonar_jax.cosine import check_rows
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag} {path} does not exist")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        raise ValueError(f"{flag} {path} is not a .npy array of embeddings; {text_hint}"
-                         ) from None
-    if array.ndim and not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{flag} {path} holds {array.dtype} values; embeddings are floating "
-                         "point (the .npy that `sonar-jax encode` writes)")
-    check_rows(array, name=f"{flag} {path}", width=width)
-    return array
-
-
-def _write_scores(scores, output: str, overwrite: bool) -> None:
-    with _sink(output, overwrite) as sink:
-        sink.writelines(f"{float(score):.7g}\n" for score in scores)
-
-
-def _blaser(args: argparse.Namespace) -> None:
-    from sonar_jax.scoring_pipelines import BlaserPipeline
-
-    text_only = {"--src-lang": args.src_lang, "--mt-lang": args.mt_lang,
-                 "--ref-lang": args.ref_lang}
-    if args.encoder is None and any(v is not None for v in text_only.values()):
-        given = "/".join(k for k, v in text_only.items() if v is not None)
-        raise UsageError(f"{given}: languages are for text files, which need --encoder DIR; "
-                         "without it --src/--mt/--ref are .npy embeddings")
-    if args.encoder is not None and (args.src_lang is None or args.mt_lang is None):
-        raise UsageError("scoring text needs --src-lang and --mt-lang (e.g. eng_Latn, fra_Latn)")
-    if args.output != "-":
-        check_new(args.output, args.overwrite)
-    pipeline = BlaserPipeline(args.model, encoder=args.encoder, dtype=args.dtype)
-    if args.encoder is None:
-        arrays = {name: None if path is None else _load_embeddings(
-                      path, f"--{name}", "to score text files, pass --encoder DIR")
-                  for name, path in (("src", args.src), ("mt", args.mt), ("ref", args.ref))}
-        scores = pipeline.score(**arrays, batch_size=args.batch_size,
-                                progress_bar=not args.quiet)
-    else:
-        scores = pipeline.predict(args.src, args.mt, args.src_lang, args.mt_lang, ref=args.ref,
-                                  ref_lang=args.ref_lang, batch_size=args.batch_size,
-                                  progress_bar=not args.quiet)
-    _write_scores(scores, args.output, args.overwrite)
-
-
-def _mutox(args: argparse.Namespace) -> None:
-    from sonar_jax import scoring_pipelines
-
-    companions = {"--text": {"--lang": args.lang, "--encoder": args.encoder},
-                  "--speech-manifest": {"--speech-encoder": args.speech_encoder}}
-    source = next(flag for flag, value in (("--embeddings", args.embeddings),
-                                           ("--text", args.text),
-                                           ("--speech-manifest", args.speech_manifest))
-                  if value is not None)
-    for input_flag, flags in companions.items():
-        for flag, value in flags.items():
-            if input_flag == source and value is None:
-                raise UsageError(f"{source} needs {flag}")
-            if input_flag != source and value is not None:
-                raise UsageError(f"{flag} goes with {input_flag}, not {source}")
-    if args.output != "-":
-        check_new(args.output, args.overwrite)
-    progress = dict(batch_size=args.batch_size, progress_bar=not args.quiet)
-    if source == "--speech-manifest":
-        from sonar_jax.data.manifests import read_manifests
-
-        clips = read_manifests(args.speech_manifest.split(","))
-        pipeline = scoring_pipelines.MutoxSpeechClassifierPipeline(
-            args.model, args.speech_encoder, dtype=args.dtype)
-        scores = pipeline.predict([clip.audio for clip in clips], args.output_prob, **progress)
-    else:
-        pipeline = scoring_pipelines.MutoxClassifierPipeline(args.model, encoder=args.encoder,
-                                                             dtype=args.dtype)
-        if source == "--text":
-            scores = pipeline.predict(args.text, args.lang, args.output_prob, **progress)
-        else:
-            embeddings = _load_embeddings(args.embeddings, "--embeddings",
-                                          "to score a text file, pass --text FILE")
-            scores = pipeline.classify(embeddings, args.output_prob, **progress)
-    _write_scores(scores, args.output, args.overwrite)
-
-
-def _decode(args: argparse.Namespace) -> None:
-    from sonar_jax import streaming
-    from sonar_jax.pipelines import EmbeddingToTextModelPipeline
-
-    pipeline = EmbeddingToTextModelPipeline(args.model, dtype=args.dtype)
-    pipeline.tokenizer.lang_id(args.lang)
-    embeddings = _load_embeddings(args.input, "--input", "pass the .npy `sonar-jax encode` "
-                                  "wrote", width=pipeline.model.cfg.model_dim)
-    with _sink(args.output, args.overwrite) as sink:
-        streaming.decode_file(pipeline, embeddings, sink, args.lang, progress=not args.quiet,
-                              **_generation_args(args))
-
-
-def _translate(args: argparse.Namespace) -> None:
-    from sonar_jax import streaming
-    from sonar_jax.pipelines import TextToTextModelPipeline
-
-    pipeline = TextToTextModelPipeline(args.encoder, args.decoder, dtype=args.dtype)
-    for lang in (args.src, args.tgt):
-        pipeline.text_to_embedding.tokenizer.lang_id(lang)
-    with streaming.text_source(args.input) as source:
-        scan = _scanned(source, args.input)
-        with _sink(args.output, args.overwrite) as sink:
-            streaming.translate_file(pipeline, source, scan.lines, sink, args.src, args.tgt,
-                                     progress=not args.quiet, **_generation_args(args))
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from sonar_jax.evaluate import run_evaluation
-
-    if args.json:
-        check_new(args.json, args.overwrite)
-    run_evaluation(data=args.data, split=args.split, langs=args.langs, pivot=args.pivot,
-                   encoder=args.encoder, decoder=args.decoder,
-                   speech_embeddings=args.speech_embeddings, text_embeddings=args.text_embeddings,
-                   transcripts=args.transcripts, speech_encoder=args.speech_encoder,
-                   speech_manifest=args.speech_manifest, target_lang=args.target_lang,
-                   references=args.references, margin=args.margin, k=args.k,
-                   compare="text" if args.text_comparison else "index",
-                   batch_size=args.batch_size, beam_size=args.beam_size,
-                   max_seq_len=args.max_seq_len, dtype=args.dtype, json_path=args.json,
-                   progress=not args.quiet)
-
-
-def _key_values(items: list[str] | None, kind: type, what: str) -> dict | None:
-    """['dev=0.2', 'train=0.6'] or ['dev=0.2,train=0.6'] -> {'dev': 0.2, 'train': 0.6}."""
-    if not items:
-        return None
-    out = {}
-    for pair in ",".join(items).split(","):
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{what}: expected SPLIT=VALUE, got {pair!r}")
-        out[key.strip()] = kind(value)
-    return out
-
-
-def _data_build(args: argparse.Namespace) -> None:
-    from sonar_jax.data.corpora.build import build_corpus
-
-    options = {key: value for key, value in
-               (("speech", args.speech), ("source", args.source), ("workers", args.workers))
-               if value is not None}
-    if "speech" in options:
-        options["speech"] = [code for code in options["speech"].split(",") if code]
-    summary = build_corpus(args.name, args.out_dir, args.cache_dir,
-                           args.langs.split(",") if args.langs else None,
-                           fractions=_key_values(args.fractions, float, "--fractions"),
-                           limits=_key_values(args.limit, int, "--limit"),
-                           overwrite=args.overwrite, **options)
-    print(json.dumps(summary, indent=1, ensure_ascii=False))
-
-
-def _data_sample(args: argparse.Namespace) -> None:
-    from sonar_jax.data.corpora.build import build_sample
-
-    print(json.dumps(build_sample(args.out_dir, args.cache_dir), indent=1, ensure_ascii=False))
-
-
-def _data_teacher_cache(args: argparse.Namespace) -> None:
-    from sonar_jax.data.teacher_cache import cache_teacher_embeddings
-    from sonar_jax.pipelines import TextToEmbeddingModelPipeline
-
-    pipeline = TextToEmbeddingModelPipeline(args.teacher)
-    info = cache_teacher_embeddings(
-        args.manifest.split(","), lambda texts, lang: pipeline.predict(
-            texts, source_lang=lang, batch_size=args.batch_size), args.out, lang=args.lang or "")
-    print(json.dumps(info, indent=1))
-
-
-def _train(args: argparse.Namespace) -> None:
-    from absl import app
-
-    from sonar_jax.train.entry import run_from_flags
-
-    try:
-        run_from_flags(["sonar-jax train"] + args.flags)
-    except app.UsageError as error:
-        raise UsageError(str(error)) from None
 
 
 def _positive(value: str) -> int:
@@ -399,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonar-jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_global_options(parser, top_level=True)
-    commands = parser.add_subparsers(dest="command", required=True)
+    subcommands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser(
+    convert = subcommands.add_parser(
         "convert", help="convert a released SONAR .pt checkpoint (no torch needed)")
     convert.add_argument("src", help="the .pt file (torch.save zip format)")
     convert.add_argument("out_dir", help="directory to create (missing parent folders are made)")
@@ -423,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "fits both forms (default: 1024 where that fits)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing OUT_DIR (once the new one is complete)")
-    convert.set_defaults(run=_convert)
+    convert.set_defaults(run=commands.convert)
 
-    encode = commands.add_parser("encode", help="embed sentences (one a line) into a .npy")
+    encode = subcommands.add_parser("encode", help="embed sentences (one a line) into a .npy")
     encode.add_argument("--model", required=True, help="converted text encoder directory")
     encode.add_argument("--lang", required=True, help="source language code, e.g. eng_Latn")
     encode.add_argument("--input", default="-", help="text file, or - for standard input")
@@ -433,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-max-tokens", type=_positive, default=None)
     _add_embedding_output(encode)
     _add_common(encode, batch_size=64)
-    encode.set_defaults(run=_encode)
+    encode.set_defaults(run=commands.encode)
 
-    embed = commands.add_parser(
+    embed = subcommands.add_parser(
         "embed", help="embed a corpus into shards + a manifest, split over the processes of a "
                       "job (Slurm, TPU pod, JAX_COORDINATOR_*); rerun to resume")
     embed.add_argument("--model", required=True, help="converted text encoder directory")
@@ -456,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-max-tokens", type=_positive, default=None)
     _add_distributed(embed)
     _add_common(embed, batch_size=64)
-    embed.set_defaults(run=_embed)
+    embed.set_defaults(run=commands.embed)
 
-    mine = commands.add_parser(
+    mine = subcommands.add_parser(
         "mine", help="margin-based bitext mining (LASER's mine_bitexts) of two embed outputs")
     mine.add_argument("--src", required=True, help="`sonar-jax embed` output of the sources")
     mine.add_argument("--tgt", required=True, help="`sonar-jax embed` output of the targets")
@@ -475,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="search duplicate sentences once per row (LASER without --unify)")
     _add_distributed(mine)
     mine.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    mine.set_defaults(run=_mine)
+    mine.set_defaults(run=commands.mine)
 
-    speech = commands.add_parser("speech-encode", help="embed audio files into a .npy")
+    speech = subcommands.add_parser("speech-encode", help="embed audio files into a .npy")
     speech.add_argument("--model", required=True, help="converted speech encoder directory")
     speech.add_argument("--input", required=True, nargs="+",
                         help="audio files, and/or .txt/.lst files listing one audio path a line "
@@ -487,18 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bound on rows × longest utterance per batch, in 10 ms frames")
     _add_embedding_output(speech)
     _add_common(speech, batch_size=16)
-    speech.set_defaults(run=_speech_encode)
+    speech.set_defaults(run=commands.speech_encode)
 
-    decode = commands.add_parser("decode", help="turn embeddings (.npy) into text")
+    decode = subcommands.add_parser("decode", help="turn embeddings (.npy) into text")
     decode.add_argument("--model", required=True, help="converted text decoder directory")
     decode.add_argument("--lang", required=True, help="target language code, e.g. fra_Latn")
     decode.add_argument("--input", required=True, help="the .npy of embeddings [N, D]")
     decode.add_argument("--output", default="-", help="text file, or - for standard output")
     _add_generation(decode)
     _add_common(decode, batch_size=16)
-    decode.set_defaults(run=_decode)
+    decode.set_defaults(run=commands.decode)
 
-    translate = commands.add_parser("translate", help="translate through the SONAR space")
+    translate = subcommands.add_parser("translate", help="translate through the SONAR space")
     translate.add_argument("--encoder", required=True)
     translate.add_argument("--decoder", required=True)
     translate.add_argument("--src", required=True)
@@ -507,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--output", default="-", help="text file, or - for standard output")
     _add_generation(translate)
     _add_common(translate, batch_size=16)
-    translate.set_defaults(run=_translate)
+    translate.set_defaults(run=commands.translate)
 
-    blaser = commands.add_parser(
+    blaser = subcommands.add_parser(
         "blaser", help="BLASER 2.0 translation quality, one score per line (about 1-5)")
-    _add_scoring(blaser, "converted BLASER directory (qe or ref)", run=_blaser)
+    _add_scoring(blaser, "converted BLASER directory (qe or ref)", run=commands.blaser)
     blaser.add_argument("--src", required=True, help="source: text file (with --encoder) or .npy")
     blaser.add_argument("--mt", required=True, help="translations, aligned with --src")
     blaser.add_argument("--ref", help="reference translations (the reference-based model only)")
@@ -521,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     blaser.add_argument("--mt-lang", help="language of --mt, e.g. fra_Latn (text input)")
     blaser.add_argument("--ref-lang", help="language of --ref (default: --mt-lang)")
 
-    mutox = commands.add_parser("mutox", help="MuTox toxicity, one score per line")
-    _add_scoring(mutox, "converted MuTox directory", run=_mutox)
+    mutox = subcommands.add_parser("mutox", help="MuTox toxicity, one score per line")
+    _add_scoring(mutox, "converted MuTox directory", run=commands.mutox)
     inputs = mutox.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--embeddings", help=".npy of SONAR embeddings [N, D]")
     inputs.add_argument("--text", help="text file, one sentence a line (with --lang, --encoder)")
@@ -534,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     mutox.add_argument("--output-prob", action="store_true",
                        help="probabilities (sigmoid) instead of logits")
 
-    evaluate = commands.add_parser(
+    evaluate = subcommands.add_parser(
         "evaluate", help="xsim/xsim++ retrieval, BLEU/chrF, speech-to-text retrieval")
     evaluate.add_argument("--data", help="FLORES layout: DATA/SPLIT/LANG.SPLIT "
                                          "(+ DATA/SPLIT_augmented/ for xsim++)")
@@ -562,15 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="write the results as JSON")
     _add_generation(evaluate)
     _add_common(evaluate, batch_size=32)
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=commands.evaluate)
 
-    data = commands.add_parser("data", help="build real multilingual corpora from Debian "
+    data = subcommands.add_parser("data", help="build real multilingual corpora from Debian "
                                             "packages (FLORES layout + audio manifests)")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     build = data_commands.add_parser("build", help="build one corpus")
     build.add_argument("name", choices=["libreoffice", "firefox", "fillets", "lo-help", "espeak"])
     build.add_argument("out_dir")
-    build.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
+    build.add_argument("--cache-dir", default=str(commands.DEFAULT_CACHE),
                        help="downloaded .deb files are kept here (default: %(default)s)")
     build.add_argument("--langs", help="comma-separated locale codes of the source "
                                        "(espeak: NLLB codes); default: the builder's set")
@@ -582,11 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--source", help="espeak: a built corpus whose sentences to synthesise")
     build.add_argument("--workers", type=_positive, help="espeak: synthesis processes")
     build.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    build.set_defaults(run=_data_build)
+    build.set_defaults(run=commands.data_build)
     sample = data_commands.add_parser("sample", help="rebuild the committed sample (data/sample)")
     sample.add_argument("out_dir")
-    sample.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
-    sample.set_defaults(run=_data_sample)
+    sample.add_argument("--cache-dir", default=str(commands.DEFAULT_CACHE))
+    sample.set_defaults(run=commands.data_sample)
     cache = data_commands.add_parser(
         "teacher-cache", help="embed every transcription of speech manifests once with a text "
                               "encoder, for speech distillation with teacher.mode=cached")
@@ -596,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--out", required=True, help=".npy to write (and OUT.json beside it)")
     cache.add_argument("--lang", help="NLLB code for manifests without a lang column")
     cache.add_argument("--batch-size", type=_positive, default=64)
-    cache.set_defaults(run=_data_teacher_cache)
+    cache.set_defaults(run=commands.data_teacher_cache)
 
-    train = commands.add_parser(
+    train = subcommands.add_parser(
         "train", help="train (same flags as launch/train.py: --config=FILE[:VARIANT] "
                       "--workdir=DIR [--config.section.field=VALUE ...])")
     train.add_argument("flags", nargs=argparse.REMAINDER)
-    train.set_defaults(run=_train)
-    for command in [*commands.choices.values(), *data_commands.choices.values()]:
+    train.set_defaults(run=commands.train)
+    for command in [*subcommands.choices.values(), *data_commands.choices.values()]:
         if command is not data:
             _add_global_options(command)
     return parser
