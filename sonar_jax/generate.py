@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sonar_jax.compiled import inference_jit
 from sonar_jax.models.text_decoder import IncrementalDecoder, TextDecoder
 from sonar_jax.tokenizer import EOS, PAD, UNK
 
@@ -322,7 +323,7 @@ def _truncate(lprobs: jax.Array, sampler: TopKSampler | TopPSampler | None) -> j
     return jnp.where(lprobs >= cutoff, lprobs, -jnp.inf)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+@functools.partial(inference_jit, static_argnames=("graphdef", "config"))
 def _generate_jit(graphdef, state, embeddings, lang_ids, max_seq_len, rng, config):
     decoder = nnx.merge(graphdef, state)
     if config.sample:

@@ -90,3 +90,17 @@ def dots(text: str) -> list[tuple[Instruction, list[str]]]:
                 operands = re.findall(r"%([\w.\-]+)", i.operands)
                 out.append((i, [shapes.get(name, "") for name in operands]))
     return out
+
+
+def library_dots(text: str, kind: str) -> tuple[int, int]:
+    """(products inside fusions of backend kind `kind`, e.g. "__onednn_fusion", all products)."""
+    computations, _ = parse(text)
+    inside = set()
+    for instructions in computations.values():
+        for i in instructions:
+            if i.opcode == "fusion" and f'"kind":"{kind}"' in i.attributes:
+                for name in i.called():
+                    inside.update(reachable(computations, name))
+    products = [name for name, instructions in computations.items()
+                for i in instructions if i.opcode in ("dot", "convolution")]
+    return sum(name in inside for name in products), len(products)

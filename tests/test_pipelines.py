@@ -1,6 +1,7 @@
 """Pipelines: input order, batching, shape buckets, data parallelism, bad input, CLI streaming."""
 
 import logging
+import platform
 
 import jax
 import numpy as np
@@ -205,3 +206,37 @@ def test_compiled_encoder_reductions_fuse_on_cpu(t2e):
                     compiler_options={**CPU_COMPILER_OPTIONS, "xla_disable_hlo_passes": ""})
     assert "reduce-window" not in ours
     assert "reduce-window" in plain.lower(*args).compile().as_text()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="XLA:CPU links oneDNN on x86 only")
+@pytest.mark.parametrize("program", ["encoder", "generation"])
+def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, program):
+    """On CPU the inference programs hand every matrix product to oneDNN (`sonar_jax.compiled`):
+    the layers' GEMMs and attention's batched products; compiled without the option, none."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import hlo
+    from sonar_jax.compiled import CPU_COMPILER_OPTIONS
+    from sonar_jax.configs.architectures import text_model_config
+    from sonar_jax.generate import GenerationConfig, _generate_jit
+    from sonar_jax.models.text_decoder import TextDecoder
+
+    if program == "encoder":
+        jitted = pipelines.encode_program
+        args = (t2e._graphdef, t2e._state, jnp.ones((4, 16), jnp.int32),
+                jnp.full((4,), 16, jnp.int32))
+    else:
+        jitted = _generate_jit
+        cfg = text_model_config("text_tiny", "decoder").replace(num_layers=2)
+        graphdef, state = nnx.split(TextDecoder(cfg, rngs=nnx.Rngs(0)))
+        args = (graphdef, state, jnp.zeros((3, cfg.model_dim)), jnp.full((3,), 5, jnp.int32),
+                jnp.int32(12), jax.random.key(0), GenerationConfig(capacity=12, beam_size=2))
+    ours = jitted.program("cpu").lower(*args).compile().as_text()
+    inside, products = hlo.library_dots(ours, "__onednn_fusion")
+    assert products >= 6 and inside == products, (inside, products)
+    eigen = jax.jit(jitted.__wrapped__, compiler_options={**CPU_COMPILER_OPTIONS,
+                                                          "xla_cpu_use_onednn": False},
+                    **jitted.jit_kwargs)
+    assert hlo.library_dots(eigen.lower(*args).compile().as_text(), "__onednn_fusion")[0] == 0
