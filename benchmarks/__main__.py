@@ -76,7 +76,8 @@ def main(argv=None) -> None:
                              "sonar_jax never installs; see benchmarks/README.md") from None
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{suite.name}{'_tiny' if args.tiny else ''}"
-    lines = ["| workload | unit | sonar_jax (median [min–max]) | PyTorch peer | ours / peer |",
+    lines = [("| workload | unit | sonar_jax (median [min–max]) | PyTorch peer | ours / peer "
+              "(per round: median [min–max]) |"),
              "|---|---|---|---|---|"]
     for workload in args.only:
         module = importlib.import_module(f"benchmarks.{workload}")

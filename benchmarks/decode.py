@@ -98,8 +98,8 @@ def table(record: dict) -> list[str]:
                  if "step_over_weight_read" in c else "")
         rows.append(f"| decode {name}, {c['sentences']} × {c['new_tokens']} | tokens/s | "
                     f"{harness.cell(c['ours'], 'tokens')} | {harness.cell(c['peer'], 'tokens')} | "
-                    f"{c['ours_over_peer']:.2f} |")
+                    f"{harness.ratio_cell(c)} |")
         rows.append(f"| … bare `generate` ({c['core_ms_per_token_step']:.2f} ms a step{floor}) | "
                     f"tokens/s | {harness.cell(c['ours_core'], 'tokens')} | | "
-                    f"{c['ours_core_over_peer']:.2f} |")
+                    f"{harness.ratio_cell(c, 'ours_core')} |")
     return rows

@@ -96,6 +96,6 @@ def table(record: dict) -> list[str]:
         rows.append(f"| encode {r['rows']}×{r['length']} | sentences/s (TFLOP/s) | "
                     f"{harness.cell(r['ours'], 'sentences')} ({r['ours']['tflop_per_s']:.1f}) | "
                     f"{harness.cell(r['peer'], 'sentences')} ({r['peer']['tflop_per_s']:.1f}) | "
-                    f"{r['ours_over_peer']:.2f}{extra} |")
+                    f"{harness.ratio_cell(r)}{extra} |")
     return rows
 

@@ -100,4 +100,4 @@ def table(record: dict) -> list[str]:
             f"{p['peer_computed_over_real']:.2f}; device busy "
             f"{record['device_busy_fraction']:.0%}) | sentences/s | "
             f"{harness.cell(record['ours'], 'sentences')} | "
-            f"{harness.cell(record['peer'], 'sentences')} | {record['ours_over_peer']:.2f} |"]
+            f"{harness.cell(record['peer'], 'sentences')} | {harness.ratio_cell(record)} |"]

@@ -128,7 +128,10 @@ def compare(sides: Mapping[str, Callable[[], object]], repeats: int, *,
 
 def add_rates(result: dict, units: Mapping[str, float], peer: str = "peer") -> None:
     """Adds `<unit>_per_s` (median, and the range from max/min) to every side of `result`, and
-    `<side>_over_<peer>` (> 1: that side is faster) for the other sides."""
+    for the other sides `<side>_over_<peer>` (> 1: that side is faster; ratio of the medians) and
+    `<side>_over_<peer>_per_round` ([min, median, max] of the ratios within each round: the sides
+    of a round run seconds apart, so a host that speeds up and slows down over a run moves these
+    less than the medians)."""
     sides = [k for k, v in result.items() if isinstance(v, dict) and "median_s" in v]
     for side in sides:
         timing = result[side]
@@ -139,6 +142,10 @@ def add_rates(result: dict, units: Mapping[str, float], peer: str = "peer") -> N
         for side in sides:
             if side != peer:
                 result[f"{side}_over_{peer}"] = result[peer]["median_s"] / result[side]["median_s"]
+                rounds = [theirs / ours for theirs, ours in
+                          zip(result[peer]["times_s"], result[side]["times_s"])]
+                result[f"{side}_over_{peer}_per_round"] = [
+                    min(rounds), statistics.median(rounds), max(rounds)]
 
 
 def jax_ready(fn: Callable[[], object]) -> Callable[[], object]:
@@ -223,6 +230,12 @@ def check_parity(ours, theirs, dtype: str, what: str) -> dict:
     if not ok:
         raise SystemExit(f"the PyTorch peer's {what} differ from ours: {report}")
     return report
+
+
+def ratio_cell(result: dict, side: str = "ours", peer: str = "peer") -> str:
+    """'ratio of medians (per round: median [min–max])' of `side` over `peer`."""
+    low, mid, high = result[f"{side}_over_{peer}_per_round"]
+    return f"{result[f'{side}_over_{peer}']:.2f} ({mid:.2f} [{low:.2f}–{high:.2f}])"
 
 
 def cell(side: dict, unit: str) -> str:

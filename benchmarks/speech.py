@@ -63,4 +63,4 @@ def parity(graphdef, state, fbank, lengths, hf, suite) -> dict:
 def table(record: dict) -> list[str]:
     return [f"| speech encoder, {record['utterances']} × {record['seconds']:g} s (ours: pooler "
             f"included) | utterances/s | {harness.cell(record['ours'], 'utterances')} | "
-            f"{harness.cell(record['peer'], 'utterances')} | {record['ours_over_peer']:.2f} |"]
+            f"{harness.cell(record['peer'], 'utterances')} | {harness.ratio_cell(record)} |"]

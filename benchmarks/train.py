@@ -183,7 +183,7 @@ def table(record: dict) -> list[str]:
     for c in record["cases"]:
         mfu = lambda side: f", {c[side]['mfu']:.1%} MFU" if "mfu" in c[side] else ""  # noqa
         peer = (f"{harness.cell(c['peer'], 'tokens')}{mfu('peer')}" if "peer" in c else "")
-        ratio = f"{c['ours_over_peer']:.2f}" if "ours_over_peer" in c else ""
+        ratio = harness.ratio_cell(c) if "ours_over_peer" in c else ""
         rows.append(f"| train step {record['variant']} {c['rows']}×{c['length']}×3, remat "
                     f"{c['remat_policy']} | tokens/s | {harness.cell(c['ours'], 'tokens')}"
                     f"{mfu('ours')} | {peer} | {ratio} |")
