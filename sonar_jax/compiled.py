@@ -1,8 +1,9 @@
 """`jax.jit` for the inference programs (the embedding pipelines' encoders, text and speech,
 and generation), with the XLA:CPU options measured to run them fastest.
 
-Three defaults of XLA:CPU (jaxlib 0.10-0.12) cost the Transformer programs here time, measured on
-2-core x86 hosts in alternating A/B rounds (`benchmarks/README.md`):
+Three defaults of XLA:CPU cost the Transformer programs here time, measured with jaxlib 0.10 on
+2-core x86 hosts in alternating A/B rounds (`benchmarks/README.md`); jaxlib 0.11 and 0.12 know
+the same options:
 
 - Dots run as Eigen contractions, and a batched dot (attention's two products: one small GEMM
   per row and head) as a loop of them, on one thread in effect: 35 GFLOP/s for 512 products of
