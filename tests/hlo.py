@@ -16,6 +16,7 @@ _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*?)\)(, .*)?$")
 _CALLED = re.compile(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)")
 _ARRAY = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
+_PRODUCTS = ("dot", "convolution")  # matrix products (TPUs write some dots as convolutions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def dots(text: str) -> list[tuple[Instruction, list[str]]]:
     for instructions in computations.values():
         shapes = {i.name: i.shape for i in instructions}
         for i in instructions:
-            if i.opcode in ("dot", "convolution"):
+            if i.opcode in _PRODUCTS:
                 operands = re.findall(r"%([\w.\-]+)", i.operands)
                 out.append((i, [shapes.get(name, "") for name in operands]))
     return out
@@ -102,5 +103,5 @@ def library_dots(text: str, kind: str) -> tuple[int, int]:
                 for name in i.called():
                     inside.update(reachable(computations, name))
     products = [name for name, instructions in computations.items()
-                for i in instructions if i.opcode in ("dot", "convolution")]
+                for i in instructions if i.opcode in _PRODUCTS]
     return sum(name in inside for name in products), len(products)

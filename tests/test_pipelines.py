@@ -190,22 +190,31 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
             assert not shapes & weights, f"{instruction.name} {instruction.shape} copies a weight"
 
 
+def _cpu_program_text(jitted, args, **option_overrides) -> str:
+    """Optimized HLO of an `inference_jit` program as the pipelines compile it for CPU, or with
+    some of its options overridden (so a structural test can show its check fails without one)."""
+    from sonar_jax.compiled import compiler_options
+
+    program = jitted.program("cpu")
+    if option_overrides:
+        program = jax.jit(jitted.__wrapped__, **jitted.jit_kwargs,
+                          compiler_options={**compiler_options("cpu"), **option_overrides})
+    return program.lower(*args).compile().as_text()
+
+
 def test_compiled_encoder_reductions_fuse_on_cpu(t2e):
     """On CPU the encoder compiles without XLA's tree-reduction rewrite (`sonar_jax.compiled`):
     no LayerNorm or softmax reduction becomes an unfused reduce-window pass; the same program
     compiled with the pass has them, so the check can fail."""
     import jax.numpy as jnp
 
-    from sonar_jax.compiled import CPU_COMPILER_OPTIONS
-
     rows, length = 4, 40  # softmax rows of 40 keys and LayerNorm rows of model_dim > 32
     args = (t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
             jnp.full((rows,), length, jnp.int32))
-    ours = pipelines.encode_program.program("cpu").lower(*args).compile().as_text()
-    plain = jax.jit(pipelines.encode_program.__wrapped__, static_argnames="graphdef",
-                    compiler_options={**CPU_COMPILER_OPTIONS, "xla_disable_hlo_passes": ""})
+    ours = _cpu_program_text(pipelines.encode_program, args)
     assert "reduce-window" not in ours
-    assert "reduce-window" in plain.lower(*args).compile().as_text()
+    assert "reduce-window" in _cpu_program_text(pipelines.encode_program, args,
+                                                xla_disable_hlo_passes="")
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
@@ -218,7 +227,6 @@ def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, pro
     from flax import nnx
 
     import hlo
-    from sonar_jax.compiled import CPU_COMPILER_OPTIONS
     from sonar_jax.configs.architectures import text_model_config
     from sonar_jax.generate import GenerationConfig, _generate_jit
     from sonar_jax.models.text_decoder import TextDecoder
@@ -233,10 +241,7 @@ def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, pro
         graphdef, state = nnx.split(TextDecoder(cfg, rngs=nnx.Rngs(0)))
         args = (graphdef, state, jnp.zeros((3, cfg.model_dim)), jnp.full((3,), 5, jnp.int32),
                 jnp.int32(12), jax.random.key(0), GenerationConfig(capacity=12, beam_size=2))
-    ours = jitted.program("cpu").lower(*args).compile().as_text()
-    inside, products = hlo.library_dots(ours, "__onednn_fusion")
+    inside, products = hlo.library_dots(_cpu_program_text(jitted, args), "__onednn_fusion")
     assert products >= 6 and inside == products, (inside, products)
-    eigen = jax.jit(jitted.__wrapped__, compiler_options={**CPU_COMPILER_OPTIONS,
-                                                          "xla_cpu_use_onednn": False},
-                    **jitted.jit_kwargs)
-    assert hlo.library_dots(eigen.lower(*args).compile().as_text(), "__onednn_fusion")[0] == 0
+    eigen = _cpu_program_text(jitted, args, xla_cpu_use_onednn=False)
+    assert hlo.library_dots(eigen, "__onednn_fusion")[0] == 0
