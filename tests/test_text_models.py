@@ -48,6 +48,19 @@ def test_embedding_is_mean_of_states(encoder):
                                atol=1e-5)
 
 
+def test_mean_pooling_reads_nothing_past_each_length():
+    """Padding holding inf or NaN must not reach the mean (it is a product with the mask)."""
+    from sonar_jax.models.layers import masked_mean
+
+    states = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    lengths = np.array([5, 2, 0], np.int32)
+    states[1, 2:], states[2] = np.inf, np.nan
+    pooled = np.asarray(masked_mean(jnp.asarray(states), jnp.asarray(lengths)))
+    np.testing.assert_allclose(pooled[0], states[0].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(pooled[1], states[1, :2].mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(pooled[2], 0.0)
+
+
 def test_too_long_input_is_refused(encoder):
     with pytest.raises(ValueError, match="longer than the model's 514 positions"):
         encoder(jnp.ones((1, 515), jnp.int32))

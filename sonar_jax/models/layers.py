@@ -221,9 +221,21 @@ def masked_mean(x: jax.Array, lengths: jax.Array) -> jax.Array:
     """Mean over the first `lengths[b]` positions of x [B, T, D], in float32.
 
     Matches the reference: sum of non-pad states times 1 / (length + 1e-7).
+
+    The sum is a batched product of the 0/1 mask with the states (exact products, float32
+    accumulation), not a reduction over positions: XLA:GPU lays a reduction's input out with the
+    reduced axis minor, and in the unrolled inference encoder that layout spread back through
+    every residual add and LayerNorm, which then ran as transposes and column reductions (five
+    kernels per LayerNorm instead of one, in the H100 program compiled by jaxlib 0.10). The mask
+    has two identical rows because XLA rewrites a product with one row back into a reduction.
+    Padding is also zeroed before the product, so that no value there (not even inf) reaches
+    the sum.
     """
-    mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
-    total = jnp.sum(jnp.where(mask[..., None], x.astype(jnp.float32), 0.0), axis=1)
+    valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+    states = jnp.where(valid[..., None], x, 0)
+    rows = jnp.broadcast_to(valid[:, None, :], (x.shape[0], 2, x.shape[1])).astype(x.dtype)
+    total = jnp.einsum("bkt,btd->bkd", rows, states, preferred_element_type=jnp.float32,
+                       precision=jax.lax.Precision.HIGHEST)[:, 0]
     return total * (1.0 / (lengths.astype(jnp.float32) + 1e-7))[:, None]
 
 
