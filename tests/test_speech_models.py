@@ -67,6 +67,23 @@ def test_shift_gives_each_key_its_relative_position():
     np.testing.assert_array_equal(shifted, bd[..., i, s - 1 - i + j])
 
 
+def test_relative_position_bias_is_one_pass_over_scores_in_the_compute_dtype():
+    """The position scores [.., S, 2S − 1] come out of their product in bfloat16 (not float32),
+    and the shift reads them without fairseq2's padded [.., S, 2S] copy (no pad at all)."""
+    from sonar_jax.models.conformer import RelativePositionAttention
+
+    cfg = speech_model_config("speech_tiny", dtype="bfloat16", param_dtype="bfloat16")
+    layer = RelativePositionAttention(cfg, nnx.Rngs(0))
+    frames = 24
+    x = jnp.ones((2, frames, cfg.model_dim), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda x, lengths: layer(x, lengths))(x, jnp.array([frames, 10]))
+    eqns = jaxpr.jaxpr.eqns
+    scores = [e.outvars[0].aval for e in eqns if e.primitive.name == "dot_general"
+              and e.outvars[0].aval.shape[-1] == 2 * frames - 1]
+    assert scores and all(aval.dtype == jnp.bfloat16 for aval in scores)
+    assert not [e for e in eqns if e.primitive.name == "pad"]
+
+
 def test_stacking_pairs_frames_and_drops_an_odd_last_one():
     fbank = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
     stacked, lengths = stack_frames(fbank, jnp.array([5, 2]), 2)
