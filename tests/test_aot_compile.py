@@ -7,7 +7,7 @@ import math
 import jax
 import pytest
 
-import hlo
+from benchmarks import hlo
 from sonar_jax.configs.text import get_config
 from sonar_jax import sharding
 from sonar_jax.train import aot

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import hlo
+from benchmarks import hlo
 from beam_reference import beam_search_one
 from sonar_jax.configs.architectures import text_model_config
 from sonar_jax.generate import (GenerationConfig, TopPSampler, _generate_jit, _truncate, generate,

@@ -167,7 +167,7 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
     the program)."""
     import jax.numpy as jnp
 
-    import hlo
+    from benchmarks import hlo
 
     cfg = t2e.model.cfg
     rows, length = 4, 8  # rows·length differs from every weight dimension
@@ -230,7 +230,7 @@ def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, pro
     import jax.numpy as jnp
     from flax import nnx
 
-    import hlo
+    from benchmarks import hlo
     from sonar_jax.configs.architectures import text_model_config
     from sonar_jax.generate import GenerationConfig, _generate_jit
     from sonar_jax.models.text_decoder import TextDecoder

@@ -1,6 +1,7 @@
-"""Reading XLA's optimized HLO text (`jax.jit(f).lower(...).compile().as_text()`) in tests that
-check the structure of compiled programs: which instructions a while loop's body holds, their
-shapes and operand types, dot operand dtypes.
+"""Reading XLA's optimized HLO text (`jax.jit(f).lower(...).compile().as_text()`): for the tests
+that check the structure of compiled programs (which instructions a while loop's body holds,
+their shapes and operand types, dot operand dtypes) and for `benchmarks.gpu_programs` (the
+kernels a GPU program launches and the bytes they move).
 
 Only the text format is parsed (computations, instructions, their shapes, opcodes and the
 computations they call); that is all the structural tests need, and it is stable across
@@ -105,3 +106,41 @@ def library_dots(text: str, kind: str) -> tuple[int, int]:
     products = [name for name, instructions in computations.items()
                 for i in instructions if i.opcode in _PRODUCTS]
     return sum(name in inside for name in products), len(products)
+
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
+          "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+# Entry instructions that launch nothing: views, tuples and the program's inputs.
+_NOT_KERNELS = ("parameter", "constant", "bitcast", "get-tuple-element", "tuple")
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of every array in an instruction's shape (a tuple counts all its elements)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        count = 1
+        for dim in dims.split(","):
+            count *= int(dim) if dim else 1
+        total += count * _BYTES.get(dtype, 0)
+    return total
+
+
+def kernels(text: str) -> dict[str, tuple[int, int]]:
+    """{kind: (count, bytes)} of the entry computation's kernels: fusions by their name without
+    the numeric suffix (e.g. `gemm_fusion_dot`, `loop_add_fusion`), custom calls by target,
+    other instructions by opcode. Bytes are the kernel's operands and results as whole arrays
+    (an upper bound for a kernel that reads part of an operand, such as a slice)."""
+    computations, entry = parse(text)
+    shapes = {i.name: i.shape for i in computations[entry]}
+    out: dict[str, tuple[int, int]] = {}
+    for i in computations[entry]:
+        if i.opcode in _NOT_KERNELS:
+            continue
+        target = re.search(r'custom_call_target="([^"]+)"', i.attributes)
+        kind = (re.sub(r"\.\d+$", "", i.name) if i.opcode == "fusion"
+                else target.group(1) if target else i.opcode)
+        moved = array_bytes(i.shape) + sum(array_bytes(shapes.get(name, ""))
+                                           for name in re.findall(r"%([\w.\-]+)", i.operands))
+        count, total = out.get(kind, (0, 0))
+        out[kind] = (count + 1, total + moved)
+    return out

@@ -1,0 +1,138 @@
+"""The GPU suite's encoders compiled for an H100 on a machine without a GPU, read kernel by kernel:
+
+    python -m benchmarks.gpu_programs [--only encode,speech] [--save DIR]
+
+XLA compiles for a GPU from a description of the device alone (a deviceless topology), which
+needs the CUDA plugin of the installed jaxlib and its CUDA wheels, in a separate environment
+like the PyTorch peers (no driver, no GPU):
+
+    python -m venv --system-site-packages GPUVENV
+    GPUVENV/bin/pip install "jax-cuda12-plugin[with-cuda]==$(python -c 'import jaxlib; print(jaxlib.__version__)')"
+    JAX_PLATFORMS=cpu GPUVENV/bin/python -m benchmarks.gpu_programs
+
+For each program it prints the kernels one call launches, by kind, and the bytes each kind
+reads and writes (`hlo.kernels`). That is the structural half of GPU performance work: fusion
+decisions, layouts, copies and custom calls are what a GPU build with the same jaxlib makes.
+Autotuning needs a device, so every GEMM shows up as a Triton fusion with default tiles; on a
+GPU the autotuner may choose cuBLAS for some, and their bias or activation epilogues then run
+as separate kernels. Times are for the device: `python -m benchmarks --suite gpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks import hlo, suites
+from sonar_jax import pipelines
+from sonar_jax.models.layers import unstacked
+from sonar_jax.models.speech_encoder import SpeechEncoder
+from sonar_jax.models.text_encoder import TextEncoder
+
+# The device description XLA compiles for: an H100 SXM (132 SMs, 50 MiB L2, HBM3 at
+# 3.35 TB/s, compute capability 9.0) with CUDA 12.9 and cuDNN 9.10.
+H100_TARGET = """
+gpu_device_info {
+  cuda_compute_capability { major: 9 minor: 0 }
+  core_count: 132
+  fpus_per_core: 128
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  threads_per_core_limit: 2048
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  shared_memory_per_block: 49152
+  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  l2_cache_size: 52428800
+  memory_bandwidth: 3352320000000
+  clock_rate_ghz: 1.98
+  device_memory_size: 84929347584
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 10 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+SPEECH_FRAMES_PER_SECOND = 100  # 10 ms fbank hop
+
+
+def h100():
+    """A single H100 to compile for, with no device present."""
+    from jax.experimental import topologies
+
+    topology = topologies.get_topology_desc(platform="cuda", topology_name="h100",
+                                            target_config=H100_TARGET, topology="1x1x1")
+    return jax.sharding.SingleDeviceSharding(topology.devices[0])
+
+
+def encoder_text(model_cls, cfg, args_shapes, sharding) -> str:
+    """Optimized HLO of `pipelines.encode_program` for `model_cls(cfg)` as the pipelines hold it
+    (layers unrolled), compiled for `sharding`'s device from abstract weights and inputs."""
+    model = nnx.eval_shape(lambda: unstacked(model_cls(cfg, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                         state)
+    args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in args_shapes]
+    return pipelines.encode_program.program("gpu").lower(graphdef, state, *args).compile().as_text()
+
+
+def programs(suite: suites.Suite, only: set[str]):
+    """(name, thunk giving the optimized HLO) of every program of the suite's encoders. Attention
+    is cuDNN's, which "auto" picks on a GPU for these bf16, aligned shapes (the choice is made
+    from the default backend, here the CPU, so it is set explicitly)."""
+    sharding = h100()
+    if "encode" in only:
+        cfg = suites.text_config(suite, "encoder").replace(attention="cudnn")
+        for rows, length in suite.encode_shapes:
+            yield f"encode {rows}x{length}", lambda rows=rows, length=length: encoder_text(
+                TextEncoder, cfg, [((rows, length), jnp.int32), ((rows,), jnp.int32)], sharding)
+    if "speech" in only:
+        cfg = suites.speech_config(suite).replace(attention="cudnn")
+        rows, seconds = suite.speech_batch
+        frames = int(seconds * SPEECH_FRAMES_PER_SECOND)
+        yield f"speech {rows}x{seconds:g}s", lambda: encoder_text(
+            SpeechEncoder, cfg, [((rows, frames, cfg.num_fbank_channels), jnp.bfloat16),
+                                 ((rows,), jnp.int32)], sharding)
+
+
+def table(name: str, text: str) -> str:
+    """Markdown: the program's kernels by kind, most bytes first."""
+    kinds = sorted(hlo.kernels(text).items(), key=lambda item: -item[1][1])
+    count = sum(n for n, _ in dict(kinds).values())
+    moved = sum(b for _, b in dict(kinds).values())
+    rows = [f"### {name}: {count} kernels, {moved / 1e9:.2f} GB read + written",
+            "", "| kernel kind | count | GB |", "|---|---|---|"]
+    rows += [f"| {kind} | {n} | {b / 1e9:.3f} |" for kind, (n, b) in kinds]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="encode,speech",
+                        help="comma-separated programs of (encode, speech)")
+    parser.add_argument("--save", type=pathlib.Path,
+                        help="also write each program's optimized HLO into this folder")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    unknown = only - {"encode", "speech"}
+    if unknown:
+        parser.error(f"unknown programs {sorted(unknown)}; expected encode, speech")
+    for name, compile_text in programs(suites.SUITES["gpu"], only):
+        text = compile_text()
+        if args.save:
+            args.save.mkdir(parents=True, exist_ok=True)
+            (args.save / (name.replace(" ", "_") + ".hlo.txt")).write_text(text)
+        print(table(name, text), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""`benchmarks.hlo.kernels`: the kernels a compiled program launches and the bytes they move."""
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import hlo
+
+X = jnp.ones((64, 32), jnp.float32)
+X_BYTES = 64 * 32 * 4
+
+
+def _kernels(fun):
+    return hlo.kernels(jax.jit(fun).lower(X).compile().as_text())
+
+
+def test_one_fused_pass_reads_its_input_and_writes_its_result():
+    [(count, moved)] = _kernels(lambda x: jnp.exp(x) * 2.0 + 1.0).values()
+    assert (count, moved) == (1, 2 * X_BYTES)
+
+
+def test_each_kernel_counts_its_own_operands_and_results():
+    kinds = _kernels(lambda x: (jnp.exp(x), jnp.sum(x, axis=1)))
+    assert sum(count for count, _ in kinds.values()) == 2
+    # exp: x in, x out; the row sums: x in, 64 floats out (the reduction's 4-byte init value
+    # is an operand too).
+    assert sorted(moved for _, moved in kinds.values()) == [X_BYTES + 64 * 4 + 4, 2 * X_BYTES]
+
+
+def test_tuple_shapes_count_every_element():
+    assert hlo.array_bytes("(bf16[2,3]{1,0}, f32[4]{0}, s32[])") == 2 * 3 * 2 + 4 * 4 + 4
