@@ -28,3 +28,16 @@ def test_each_kernel_counts_its_own_operands_and_results():
 
 def test_tuple_shapes_count_every_element():
     assert hlo.array_bytes("(bf16[2,3]{1,0}, f32[4]{0}, s32[])") == 2 * 3 * 2 + 4 * 4 + 4
+
+
+def test_gpu_programs_table_lists_every_kernel_kind_and_refuses_unknown_programs():
+    import pytest
+
+    from benchmarks import gpu_programs
+
+    text = jax.jit(lambda x: (jnp.exp(x), jnp.sum(x, axis=1))).lower(X).compile().as_text()
+    table = gpu_programs.table("probe", text)
+    assert table.startswith("### probe: 2 kernels, ")
+    assert all(f"| {kind} | 1 |" in table for kind in hlo.kernels(text))
+    with pytest.raises(SystemExit):
+        gpu_programs.main(["--only", "decode"])
