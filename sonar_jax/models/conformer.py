@@ -50,6 +50,9 @@ def shift_relative_scores(bd: jax.Array) -> jax.Array:
     array was materialised and transposed first (two more passes over [..., S, 2S]).
     """
     *batch, s, width = bd.shape
+    if width != 2 * s - 1:
+        raise ValueError(f"relative-position scores of {s} queries need {2 * s - 1} positions, "
+                         f"got {width}")
     flat = bd.reshape(*batch, s * width)[..., s - 1:s - 1 + s * (width - 1)]
     return flat.reshape(*batch, s, width - 1)[..., :s]
 
