@@ -67,10 +67,17 @@ SPEECH_FRAMES_PER_SECOND = 100  # 10 ms fbank hop
 
 def h100():
     """A single H100 to compile for, with no device present."""
+    import jaxlib
     from jax.experimental import topologies
 
-    topology = topologies.get_topology_desc(platform="cuda", topology_name="h100",
-                                            target_config=H100_TARGET, topology="1x1x1")
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", topology_name="h100",
+                                                target_config=H100_TARGET, topology="1x1x1")
+    except NotImplementedError as error:  # no CUDA plugin: JAX knows no "cuda" topology
+        raise SystemExit(
+            f"compiling for a GPU needs JAX's CUDA plugin ({error}); in a separate venv: pip "
+            f"install 'jax-cuda12-plugin[with-cuda]=={jaxlib.__version__}' (see this module's "
+            f"docstring)") from error
     return jax.sharding.SingleDeviceSharding(topology.devices[0])
 
 
@@ -107,8 +114,8 @@ def programs(suite: suites.Suite, only: set[str]):
 def table(name: str, text: str) -> str:
     """Markdown: the program's kernels by kind, most bytes first."""
     kinds = sorted(hlo.kernels(text).items(), key=lambda item: -item[1][1])
-    count = sum(n for n, _ in dict(kinds).values())
-    moved = sum(b for _, b in dict(kinds).values())
+    count = sum(n for _, (n, _) in kinds)
+    moved = sum(b for _, (_, b) in kinds)
     rows = [f"### {name}: {count} kernels, {moved / 1e9:.2f} GB read + written",
             "", "| kernel kind | count | GB |", "|---|---|---|"]
     rows += [f"| {kind} | {n} | {b / 1e9:.3f} |" for kind, (n, b) in kinds]
