@@ -11,6 +11,7 @@ backends.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
@@ -18,6 +19,23 @@ _INSTRUCTION = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*?)\)(,
 _CALLED = re.compile(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)")
 _ARRAY = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
 _PRODUCTS = ("dot", "convolution")  # matrix products (TPUs write some dots as convolutions)
+_OPERAND = re.compile(r"%([\w.\-]+)")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
+          "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+# Instructions that compute nothing: views, tuples, the program's inputs and constants (in an
+# entry computation, the ones that launch no kernel).
+PLUMBING = frozenset({"parameter", "constant", "bitcast", "get-tuple-element", "tuple"})
+
+
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, dims) of every array in a shape ("f32[4,8]{1,0}" or a tuple of them)."""
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d))
+            for dtype, dims in _ARRAY.findall(shape)]
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of every array in a shape (a tuple counts all its elements)."""
+    return sum(math.prod(dims) * _BYTES.get(dtype, 0) for dtype, dims in arrays(shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +48,10 @@ class Instruction:
 
     def arrays(self) -> list[tuple[str, tuple[int, ...]]]:
         """(dtype, dims) of every array in the result shape."""
-        return [(dtype, tuple(int(d) for d in dims.split(",") if d))
-                for dtype, dims in _ARRAY.findall(self.shape)]
+        return arrays(self.shape)
+
+    def operand_names(self) -> list[str]:
+        return _OPERAND.findall(self.operands)
 
     def called(self) -> list[str]:
         return _CALLED.findall(self.attributes)
@@ -80,7 +100,6 @@ def reachable(computations: dict[str, list[Instruction]], root: str) -> list[str
     return seen
 
 
-
 def dots(text: str) -> list[tuple[Instruction, list[str]]]:
     """Every matrix product (dot, or convolution as TPUs write them) with its operands' shapes."""
     computations, _ = parse(text)
@@ -89,8 +108,7 @@ def dots(text: str) -> list[tuple[Instruction, list[str]]]:
         shapes = {i.name: i.shape for i in instructions}
         for i in instructions:
             if i.opcode in _PRODUCTS:
-                operands = re.findall(r"%([\w.\-]+)", i.operands)
-                out.append((i, [shapes.get(name, "") for name in operands]))
+                out.append((i, [shapes.get(name, "") for name in i.operand_names()]))
     return out
 
 
@@ -108,23 +126,6 @@ def library_dots(text: str, kind: str) -> tuple[int, int]:
     return sum(name in inside for name in products), len(products)
 
 
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4,
-          "u32": 4, "f64": 8, "s64": 8, "u64": 8}
-# Entry instructions that launch nothing: views, tuples and the program's inputs.
-_NOT_KERNELS = ("parameter", "constant", "bitcast", "get-tuple-element", "tuple")
-
-
-def array_bytes(shape: str) -> int:
-    """Bytes of every array in an instruction's shape (a tuple counts all its elements)."""
-    total = 0
-    for dtype, dims in _ARRAY.findall(shape):
-        count = 1
-        for dim in dims.split(","):
-            count *= int(dim) if dim else 1
-        total += count * _BYTES.get(dtype, 0)
-    return total
-
-
 def kernels(text: str) -> dict[str, tuple[int, int]]:
     """{kind: (count, bytes)} of the entry computation's kernels: fusions by their name without
     the numeric suffix (e.g. `gemm_fusion_dot`, `loop_add_fusion`), custom calls by target,
@@ -134,13 +135,13 @@ def kernels(text: str) -> dict[str, tuple[int, int]]:
     shapes = {i.name: i.shape for i in computations[entry]}
     out: dict[str, tuple[int, int]] = {}
     for i in computations[entry]:
-        if i.opcode in _NOT_KERNELS:
+        if i.opcode in PLUMBING:
             continue
         target = re.search(r'custom_call_target="([^"]+)"', i.attributes)
         kind = (re.sub(r"\.\d+$", "", i.name) if i.opcode == "fusion"
                 else target.group(1) if target else i.opcode)
         moved = array_bytes(i.shape) + sum(array_bytes(shapes.get(name, ""))
-                                           for name in re.findall(r"%([\w.\-]+)", i.operands))
+                                           for name in i.operand_names())
         count, total = out.get(kind, (0, 0))
         out[kind] = (count + 1, total + moved)
     return out

@@ -156,10 +156,6 @@ def test_cli_encode_decode_translate_on_files(model_dirs, t2e, tmp_path, capsys)
     assert len(out2.read_text(encoding="utf-8").splitlines()) == 3
 
 
-# Instructions that move no data: tuple plumbing, views and constants.
-_PLUMBING = {"get-tuple-element", "bitcast", "constant", "parameter", "tuple"}
-
-
 def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(t2e):
     """The pipeline's compiled encoder (layers unrolled from the stack at load): one q/k/v
     product per layer (none of q, k, v alone), the pooling as a product, and no instruction that
@@ -190,7 +186,7 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
         shapes = {dims for _, dims in instruction.arrays() if dims}
         if instruction.opcode == "parameter":
             assert not any(dims[0] == cfg.num_layers and dims[1:] in weights for dims in shapes)
-        elif instruction.opcode not in _PLUMBING:
+        elif instruction.opcode not in hlo.PLUMBING:
             assert not shapes & weights, f"{instruction.name} {instruction.shape} copies a weight"
 
 
