@@ -24,6 +24,7 @@ from benchmarks import harness, suites
 from sonar_jax import pipelines
 from sonar_jax.generate import PROMPT_LEN, GenerationConfig, generate
 from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.split import SplitModule
 
 
 def models(suite: suites.Suite):
@@ -54,6 +55,7 @@ def run(suite: suites.Suite, args) -> dict:
     lang = e2t.tokenizer.lang_id(suites.TARGET_LANG)
     record = {"workload": "decode", "decoder_config": e2t.model.cfg.to_dict(),
               "decoder_weight_bytes": weight_bytes(e2t.model), "cases": []}
+    decoder = SplitModule.of(e2t.model)  # split once, as the pipeline does
     for num, new, beam in suite.decode:
         embeddings = rng.standard_normal((num, e2t.model.cfg.model_dim)).astype(np.float32)
         total = PROMPT_LEN + new
@@ -66,7 +68,7 @@ def run(suite: suites.Suite, args) -> dict:
                                max_seq_len=total, min_gen_len=new)
 
         def core():
-            return generate(e2t.model, emb_j, langs_j, core_config).tokens
+            return generate(decoder, emb_j, langs_j, core_config).tokens
 
         def hf():
             ids = peer.generate(embeddings, lang, hf_config)

@@ -16,6 +16,8 @@ from benchmarks import harness, suites
 from sonar_jax import pipelines
 from sonar_jax.models.layers import unstacked
 from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.split import SplitModule
+
 
 def encoder_flops(cfg, rows: int, length: int) -> float:
     d, f, layers = cfg.model_dim, cfg.ffn_dim, cfg.num_layers
@@ -44,11 +46,12 @@ def check_parity(t2e, peer, suite: suites.Suite) -> dict:
 def variants(t2e) -> dict:
     """Our encoder as the pipeline compiles it, and on GPUs with XLA's attention forced (the
     default picks cuDNN's where it applies)."""
-    out = {"ours": (t2e._graphdef, t2e._state)}
+    out = {"ours": t2e._encoder}
     if jax.default_backend() == "gpu":
         cfg = t2e.model.cfg.replace(attention="xla")
         abstract = unstacked(nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(0))))
-        out["ours_xla_attention"] = (nnx.split(abstract)[0], t2e._state)
+        out["ours_xla_attention"] = SplitModule(SplitModule.of(abstract).structure,
+                                                t2e._encoder.leaves)
     return out
 
 
@@ -63,9 +66,9 @@ def run(suite: suites.Suite, args) -> dict:
         ids_j, lens_j = t2e.parallel.shard_rows(ids, np.full(rows, length, np.int32))
         ids_t = torch.from_numpy(hf_ids(ids)).to(peer.device)
         mask_t = torch.ones_like(ids_t)
-        sides = {name: harness.jax_ready(
-            lambda g=graphdef, s=state: pipelines.encode_program(g, s, ids_j, lens_j))
-            for name, (graphdef, state) in variants(t2e).items()}
+        calls = {name: (lambda e=encoder: pipelines.encode_program(e, ids_j, lens_j))
+                 for name, encoder in variants(t2e).items()}
+        sides = {name: harness.jax_ready(call) for name, call in calls.items()}
 
         def hf():
             with torch.inference_mode():

@@ -73,7 +73,7 @@ def run(suite: suites.Suite, args) -> dict:
         # One batch at a time: the CPU client runs programs dispatched together concurrently,
         # contending for the same cores, which is not how the pipeline feeds them.
         return [jax.block_until_ready(
-            pipelines.encode_program(t2e._graphdef, t2e._state, ids, lens))
+            pipelines.encode_program(t2e._encoder, ids, lens))
             for ids, lens in device_batches]
 
     sides = {"ours": ours, "peer": lambda: peer_embed(t2e, peer, sentences, batch_size),

@@ -32,6 +32,7 @@ from sonar_jax import pipelines
 from sonar_jax.models.layers import unstacked
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.models.text_encoder import TextEncoder
+from sonar_jax.split import SplitModule
 
 # The device description XLA compiles for: an H100 SXM (132 SMs, 50 MiB L2, HBM3 at
 # 3.35 TB/s, compute capability 9.0) with CUDA 12.9 and cuDNN 9.10.
@@ -85,11 +86,10 @@ def encoder_text(model_cls, cfg, args_shapes, sharding) -> str:
     """Optimized HLO of `pipelines.encode_program` for `model_cls(cfg)` as the pipelines hold it
     (layers unrolled), compiled for `sharding`'s device from abstract weights and inputs."""
     model = nnx.eval_shape(lambda: unstacked(model_cls(cfg, rngs=nnx.Rngs(0))))
-    graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                         state)
+    encoder = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                           SplitModule.of(model))
     args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in args_shapes]
-    return pipelines.encode_program.program("gpu").lower(graphdef, state, *args).compile().as_text()
+    return pipelines.encode_program.program("gpu").lower(encoder, *args).compile().as_text()
 
 
 def programs(suite: suites.Suite, only: set[str]):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from benchmarks import harness, suites
 from sonar_jax import pipelines, speech_pipelines
@@ -31,7 +30,6 @@ def run(suite: suites.Suite, args) -> dict:
     fbank = np.random.default_rng(0).standard_normal((utterances, frames, 80)).astype(np.float32)
     lengths = np.full(utterances, frames, np.int32)
     fbank_j, lengths_j = s2e.parallel.shard_rows(fbank, lengths)
-    graphdef, state = s2e._graphdef, s2e._state
     stacked, _ = stack_frames(jnp.asarray(fbank), jnp.asarray(lengths), cfg.fbank_stride)
     stacked_t = torch.from_numpy(np.array(stacked)).to(peer.device, getattr(torch, suite.dtype))
     mask_t = torch.ones(stacked_t.shape[:2], dtype=torch.long, device=peer.device)
@@ -42,9 +40,9 @@ def run(suite: suites.Suite, args) -> dict:
 
     record = {"workload": "speech", "speech_config": cfg.to_dict(), "utterances": utterances,
               "seconds": seconds,
-              "parity": parity(graphdef, state, fbank_j, lengths_j, hf, suite),
+              "parity": parity(s2e._encoder, fbank_j, lengths_j, hf, suite),
               **harness.compare({"ours": harness.jax_ready(lambda: pipelines.encode_program(
-                                     graphdef, state, fbank_j, lengths_j)),
+                                     s2e._encoder, fbank_j, lengths_j)),
                                  "peer": harness.torch_ready(hf)},
                                 args.repeats, wait_for_idle_s=args.wait_for_idle)}
     harness.add_rates(record, {"utterances": utterances, "audio_seconds": utterances * seconds})
@@ -53,10 +51,10 @@ def run(suite: suites.Suite, args) -> dict:
     return record
 
 
-def parity(graphdef, state, fbank, lengths, hf, suite) -> dict:
+def parity(encoder, fbank, lengths, hf, suite) -> dict:
     """Our Conformer states (before the pooler) against the peer's."""
-    states = jax.jit(lambda s, x, n: nnx.merge(graphdef, s).encode(x, n)[0])
-    return harness.check_parity(states(state, fbank, lengths), hf().float().cpu().numpy(),
+    states = jax.jit(lambda e, x, n: e().encode(x, n)[0])
+    return harness.check_parity(states(encoder, fbank, lengths), hf().float().cpu().numpy(),
                                 suite.dtype, "Conformer states")
 
 

@@ -26,6 +26,7 @@ from flax import nnx
 
 from sonar_jax.compiled import inference_jit
 from sonar_jax.models.text_decoder import IncrementalDecoder, TextDecoder
+from sonar_jax.split import SplitModule
 from sonar_jax.tokenizer import EOS, PAD, UNK
 
 PROMPT_LEN = 2  # [eos, lang]
@@ -323,21 +324,23 @@ def _truncate(lprobs: jax.Array, sampler: TopKSampler | TopPSampler | None) -> j
     return jnp.where(lprobs >= cutoff, lprobs, -jnp.inf)
 
 
-@functools.partial(inference_jit, static_argnames=("graphdef", "config"))
-def _generate_jit(graphdef, state, embeddings, lang_ids, max_seq_len, rng, config):
-    decoder = nnx.merge(graphdef, state)
+@functools.partial(inference_jit, static_argnames="config")
+def _generate_jit(split_decoder: SplitModule, embeddings, lang_ids, max_seq_len, rng, config):
+    decoder = split_decoder()
     if config.sample:
         return sample(decoder, embeddings, lang_ids, config, rng, max_seq_len)
     return beam_search(decoder, embeddings, lang_ids, config, max_seq_len)
 
 
-def generate(decoder: TextDecoder, embeddings: jax.Array, lang_ids: jax.Array,
+def generate(decoder: TextDecoder | SplitModule, embeddings: jax.Array, lang_ids: jax.Array,
              config: GenerationConfig, max_seq_len: int | None = None,
              rng: jax.Array | None = None) -> Generation:
-    """Compiled beam search or sampling: one program per (input shapes, config)."""
+    """Compiled beam search or sampling: one program per (input shapes, config). A caller that
+    generates batch after batch passes the decoder split once (`SplitModule.of`)."""
     if config.sample and rng is None:
         raise ValueError("sampling needs an rng key (jax.random.key(seed))")
-    graphdef, state = nnx.split(decoder)
+    if not isinstance(decoder, SplitModule):
+        decoder = SplitModule.of(decoder)
     limit = jnp.asarray(config.capacity if max_seq_len is None else max_seq_len, jnp.int32)
     rng = jax.random.key(0) if rng is None else rng
-    return _generate_jit(graphdef, state, embeddings, lang_ids, limit, rng, config)
+    return _generate_jit(decoder, embeddings, lang_ids, limit, rng, config)

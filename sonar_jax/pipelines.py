@@ -13,7 +13,6 @@ all local devices, and returned in input order.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import pathlib
 import sys
@@ -22,7 +21,6 @@ from typing import Any, Iterable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from sonar_jax import batching, stopping
 from sonar_jax.compiled import inference_jit
@@ -33,6 +31,7 @@ from sonar_jax.models.layers import unstacked
 from sonar_jax.models.text_decoder import TextDecoder
 from sonar_jax.models.text_encoder import TextEncoder
 from sonar_jax.prefetch import prefetch
+from sonar_jax.split import SplitModule
 from sonar_jax.tokenizer import EOS, NllbTokenizer
 
 log = logging.getLogger(__name__)
@@ -87,11 +86,11 @@ def progress(total: int, enabled: bool, unit: str):
                 dynamic_ncols=True)
 
 
-@functools.partial(inference_jit, static_argnames="graphdef")
-def encode_program(graphdef, state, tokens, lengths):
+@inference_jit
+def encode_program(encoder: SplitModule, tokens, lengths):
     """The compiled encoder of the embedding pipelines (text and speech: any module whose output
     has `sentence_embeddings`), one program per batch shape."""
-    return nnx.merge(graphdef, state)(tokens, lengths).sentence_embeddings
+    return encoder()(tokens, lengths).sentence_embeddings
 
 
 class TextToEmbeddingModelPipeline:
@@ -102,8 +101,7 @@ class TextToEmbeddingModelPipeline:
         self.model = inference_model(encoder, "text_encoder", dtype)
         self.tokenizer = _tokenizer(tokenizer, encoder, self.model)
         self.parallel = batching.DataParallel(devices)
-        self._graphdef, state = nnx.split(self.model)
-        self._state = self.parallel.replicate(state)
+        self._encoder = SplitModule.of(self.model, place=self.parallel.replicate)
 
     @property
     def max_seq_len(self) -> int:
@@ -159,7 +157,7 @@ class TextToEmbeddingModelPipeline:
         pending = None
         with progress(len(tokens), progress_bar, "sent") as bar:
             for indices, ids, lengths in prefetch(on_device()):
-                running = (indices, encode_program(self._graphdef, self._state, ids, lengths))
+                running = (indices, encode_program(self._encoder, ids, lengths))
                 if pending is not None:
                     yield _fetched(*pending)
                     bar.update(len(pending[0]))
@@ -273,7 +271,7 @@ class EmbeddingToTextModelPipeline:
         self.model = inference_model(decoder, "text_decoder", dtype)
         self.tokenizer = _tokenizer(tokenizer, decoder, self.model)
         self.parallel = batching.DataParallel(devices)
-        self._replicated = None
+        self._decoder: SplitModule | None = None  # replicated at the first batch
 
     def _check_embeddings(self, embeddings) -> np.ndarray:
         return check_embeddings(embeddings, width=self.model.cfg.model_dim, reader="this decoder")
@@ -303,10 +301,8 @@ class EmbeddingToTextModelPipeline:
                          lang_id: int, config: GenerationConfig, limits: Sequence[int],
                          seed: int, progress_bar: bool) -> list[list[int]]:
         """Generated ids (EOS dropped) for each row, batch by batch with one limit each."""
-        if self._replicated is None:
-            graphdef, state = nnx.split(self.model)
-            self._replicated = (graphdef, self.parallel.replicate(state))
-        decoder = nnx.merge(*self._replicated)
+        if self._decoder is None:
+            self._decoder = SplitModule.of(self.model, place=self.parallel.replicate)
         results: list[list[int]] = [[] for _ in range(len(embeddings))]
         rng = jax.random.key(seed)
         with progress(len(embeddings), progress_bar, "sent") as bar:
@@ -320,7 +316,7 @@ class EmbeddingToTextModelPipeline:
                 rng, key = jax.random.split(rng)
                 capacity = batching.length_bucket(limit, self.model.cfg.max_seq_len)
                 cfg = dataclasses.replace(config, capacity=capacity)
-                out = generate(decoder, chunk, langs, cfg, max_seq_len=limit, rng=key)
+                out = generate(self._decoder, chunk, langs, cfg, max_seq_len=limit, rng=key)
                 tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
                 for row, index in enumerate(batch.indices):
                     ids = tokens[row, : lengths[row]].tolist()

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
 from sonar_jax import batching, stopping
 from sonar_jax.cosine import check_embeddings
@@ -28,6 +27,7 @@ from sonar_jax.model_dir import load_model
 from sonar_jax.models.heads import BlaserModel, MutoxClassifier
 from sonar_jax.pipelines import (TextToEmbeddingModelPipeline, inference_model, progress,
                                  read_sentences)
+from sonar_jax.split import SplitModule
 
 DEFAULT_BATCH = 256  # embeddings scored per call: the heads are small MLPs
 
@@ -43,9 +43,9 @@ def load_mutox_model(model_dir: str | pathlib.Path, *,
     return load_model(model_dir, expected_kind="mutox", dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
-def _apply(graphdef, state, inputs, options):
-    return nnx.merge(graphdef, state)(*inputs, **dict(options))[:, 0]
+@functools.partial(jax.jit, static_argnames="options")
+def _apply(head: SplitModule, inputs, options):
+    return head()(*inputs, **dict(options))[:, 0]
 
 
 class ScoringHead:
@@ -63,8 +63,7 @@ class ScoringHead:
                       else self.model.cfg.input_size)
         self.name = "BLASER" if kind == "blaser" else "MuTox"
         self.parallel = batching.DataParallel(devices)
-        self._graphdef, state = nnx.split(self.model)
-        self._state = self.parallel.replicate(state)
+        self._head = SplitModule.of(self.model, place=self.parallel.replicate)
 
     def check_encoder(self, width: int, what: str) -> None:
         if width != self.width:
@@ -103,7 +102,7 @@ class ScoringHead:
                 chunk = [None if a is None else _padded(a[start:start + count], rows)
                          for a in arrays]
                 sharded = [None if c is None else self.parallel.shard_rows(c)[0] for c in chunk]
-                out = _apply(self._graphdef, self._state, tuple(sharded),
+                out = _apply(self._head, tuple(sharded),
                              tuple(sorted(options.items())))
                 scores[start:start + count] = np.asarray(out[:count])
                 bar.update(count)

@@ -20,13 +20,13 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
 from sonar_jax import audio, batching, stopping
 from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
 from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, encode_program,
                                  inference_model, progress)
+from sonar_jax.split import SplitModule
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class SpeechToEmbeddingModelPipeline:
                  devices: Sequence[jax.Device] | None = None):
         self.model = inference_model(encoder, "speech_encoder", dtype)
         self.parallel = batching.DataParallel(devices)
-        self._graphdef, state = nnx.split(self.model)
-        self._state = self.parallel.replicate(state)
+        self._encoder = SplitModule.of(self.model, place=self.parallel.replicate)
 
     def features(self, input: Sequence, sample_rate: int | None = None) -> list[np.ndarray]:
         """Standardised fbank [frames, 80] of every input, each checked against the model's
@@ -86,7 +85,7 @@ class SpeechToEmbeddingModelPipeline:
                 feats, lengths = pad_features([fbanks[i] for i in batch.indices], rows, width,
                                               self.model.cfg.fbank_stride)
                 feats, lengths = self.parallel.shard_rows(feats, lengths)
-                out = encode_program(self._graphdef, self._state, feats, lengths)
+                out = encode_program(self._encoder, feats, lengths)
                 yield batch.indices, np.asarray(out[: len(batch.indices)], np.float32)
                 bar.update(len(batch.indices))
 

@@ -14,6 +14,7 @@ from sonar_jax.configs.architectures import text_model_config
 from sonar_jax.generate import (GenerationConfig, TopPSampler, _generate_jit, _truncate, generate,
                                 top_k)
 from sonar_jax.models.text_decoder import TextDecoder
+from sonar_jax.split import SplitModule
 from sonar_jax.tokenizer import EOS
 
 
@@ -74,9 +75,9 @@ def test_generation_loop_writes_the_cache_in_place(beam):
     fixed, for greedy / beam 4)."""
     num, capacity, layers = 3, 24, 2
     cfg = text_model_config("text_tiny", "decoder").replace(num_layers=layers)
-    graphdef, state = nnx.split(TextDecoder(cfg, rngs=nnx.Rngs(0)))
+    decoder = SplitModule.of(TextDecoder(cfg, rngs=nnx.Rngs(0)))
     config = GenerationConfig(capacity=capacity, beam_size=beam)
-    text = _generate_jit.lower(graphdef, state, jnp.zeros((num, cfg.model_dim)),
+    text = _generate_jit.lower(decoder, jnp.zeros((num, cfg.model_dim)),
                                jnp.full((num,), 5, jnp.int32), jnp.int32(capacity),
                                jax.random.key(0), config).compile().as_text()
     computations, _ = hlo.parse(text)

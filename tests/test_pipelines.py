@@ -167,8 +167,8 @@ def test_compiled_encoder_reads_each_layer_weight_in_place_with_one_qkv_product(
 
     cfg = t2e.model.cfg
     rows, length = 4, 8  # rows·length differs from every weight dimension
-    text = pipelines.encode_program.lower(t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
-                                   jnp.full((rows,), length, jnp.int32)).compile().as_text()
+    text = pipelines.encode_program.lower(t2e._encoder, jnp.ones((rows, length), jnp.int32),
+                                          jnp.full((rows,), length, jnp.int32)).compile().as_text()
     assert hlo.while_bodies(text) == []
     dim, ffn = cfg.model_dim, cfg.ffn_dim
     products = [i for i, _ in hlo.dots(text)]
@@ -209,8 +209,7 @@ def test_compiled_encoder_reductions_fuse_on_cpu(t2e):
     import jax.numpy as jnp
 
     rows, length = 4, 40  # softmax rows of 40 keys and LayerNorm rows of model_dim > 32
-    args = (t2e._graphdef, t2e._state, jnp.ones((rows, length), jnp.int32),
-            jnp.full((rows,), length, jnp.int32))
+    args = (t2e._encoder, jnp.ones((rows, length), jnp.int32), jnp.full((rows,), length, jnp.int32))
     ours = _cpu_program_text(pipelines.encode_program, args)
     assert "reduce-window" not in ours
     assert "reduce-window" in _cpu_program_text(pipelines.encode_program, args,
@@ -230,16 +229,16 @@ def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, pro
     from sonar_jax.configs.architectures import text_model_config
     from sonar_jax.generate import GenerationConfig, _generate_jit
     from sonar_jax.models.text_decoder import TextDecoder
+    from sonar_jax.split import SplitModule
 
     if program == "encoder":
         jitted = pipelines.encode_program
-        args = (t2e._graphdef, t2e._state, jnp.ones((4, 16), jnp.int32),
-                jnp.full((4,), 16, jnp.int32))
+        args = (t2e._encoder, jnp.ones((4, 16), jnp.int32), jnp.full((4,), 16, jnp.int32))
     else:
         jitted = _generate_jit
         cfg = text_model_config("text_tiny", "decoder").replace(num_layers=2)
-        graphdef, state = nnx.split(TextDecoder(cfg, rngs=nnx.Rngs(0)))
-        args = (graphdef, state, jnp.zeros((3, cfg.model_dim)), jnp.full((3,), 5, jnp.int32),
+        decoder = SplitModule.of(TextDecoder(cfg, rngs=nnx.Rngs(0)))
+        args = (decoder, jnp.zeros((3, cfg.model_dim)), jnp.full((3,), 5, jnp.int32),
                 jnp.int32(12), jax.random.key(0), GenerationConfig(capacity=12, beam_size=2))
     inside, products = hlo.library_dots(_cpu_program_text(jitted, args), "__onednn_fusion")
     assert products >= 6 and inside == products, (inside, products)
