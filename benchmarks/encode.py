@@ -78,9 +78,12 @@ def run(suite: suites.Suite, args) -> dict:
                   **harness.compare(sides, args.repeats, wait_for_idle_s=args.wait_for_idle)}
         harness.add_rates(result, {"sentences": rows, "tflop": encoder_flops(
             t2e.model.cfg, rows, length) / 1e12})
+        for name, call in calls.items():
+            result[name]["dispatch_ms"] = harness.dispatch_seconds(call) * 1e3
         record["shapes"].append(result)
         harness.log(f"encode {rows}x{length}: ours {result['ours']['sentences_per_s']:,.1f} "
-                    f"sent/s ({result['ours']['tflop_per_s']:.1f} TFLOP/s), HF "
+                    f"sent/s ({result['ours']['tflop_per_s']:.1f} TFLOP/s, dispatch "
+                    f"{result['ours']['dispatch_ms']:.2f} ms), HF "
                     f"{result['peer']['sentences_per_s']:,.1f}")
     return record
 

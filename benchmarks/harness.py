@@ -126,6 +126,18 @@ def compare(sides: Mapping[str, Callable[[], object]], repeats: int, *,
     return out
 
 
+def dispatch_seconds(fn: Callable[[], object], calls: int = 3) -> float:
+    """Median host time for `fn` to return, its device result not waited for: the part of a
+    synchronised call that the device cannot overlap (jit's argument handling and launch)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+    return statistics.median(times)
+
+
 def add_rates(result: dict, units: Mapping[str, float], peer: str = "peer") -> None:
     """Adds `<unit>_per_s` (median, and the range from max/min) to every side of `result`, and
     for the other sides `<side>_over_<peer>` (> 1: that side is faster; ratio of the medians) and
