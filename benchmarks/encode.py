@@ -43,13 +43,13 @@ def check_parity(t2e, peer, suite: suites.Suite) -> dict:
             **harness.check_parity(ours, theirs, suite.dtype, "sentence embeddings")}
 
 
-def variants(t2e) -> dict:
+def variants(t2e, backend: str | None = None) -> dict:
     """Our encoder as the pipeline compiles it, and on GPUs with XLA's attention forced (the
-    default picks cuDNN's where it applies)."""
+    default picks cuDNN's where it applies): the same arrays under another graph."""
     out = {"ours": t2e._encoder}
-    if jax.default_backend() == "gpu":
+    if (backend or jax.default_backend()) == "gpu":
         cfg = t2e.model.cfg.replace(attention="xla")
-        abstract = unstacked(nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(0))))
+        abstract = nnx.eval_shape(lambda: unstacked(TextEncoder(cfg, rngs=nnx.Rngs(0))))
         out["ours_xla_attention"] = SplitModule(SplitModule.of(abstract).structure,
                                                 t2e._encoder.leaves)
     return out
