@@ -156,3 +156,14 @@ def test_init_from_given_params():
         bad = jax.tree.map(np.asarray, want)
         bad["embed"]["embedding"] = bad["embed"]["embedding"][:10]
         trainer.init(0, init_params={"encoder": bad})
+
+
+def test_the_attention_kernel_is_a_model_setting_of_the_recipe():
+    """`model.attention` reaches both trained modules; a name it does not know is refused."""
+    cfg = get_config("tiny")
+    assert text_recipe.model_configs(cfg)[0].attention == "auto"
+    cfg.model.attention = "xla"
+    assert {c.attention for c in text_recipe.model_configs(cfg)} == {"xla"}
+    cfg.model.attention = "flash"
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+        text_recipe.model_configs(cfg)

@@ -31,6 +31,8 @@ def get_config(variant: str = "basic") -> ml_collections.ConfigDict:
         dtype="float32" if small else "bfloat16",
         param_dtype="float32",
         remat_policy="none" if small else "full",  # none | full | dots | dots_saveable | attention
+        # auto: cuDNN's flash attention on GPUs where it applies, XLA's elsewhere | xla | cudnn
+        attention="auto",
         pad_idx=0,
         eos_idx=3,
     ))

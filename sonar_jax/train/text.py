@@ -47,7 +47,7 @@ def model_configs(cfg: Any) -> tuple[TextModelConfig, TextModelConfig]:
     """Encoder and decoder configs of the `model` section (architecture file + dtype/remat)."""
     m = cfg.model
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
-                     pad_idx=m.get("pad_idx", 0))
+                     pad_idx=m.get("pad_idx", 0), attention=m.get("attention", "auto"))
     return (text_model_config(m.get("encoder_arch", m.arch), "encoder", **overrides),
             text_model_config(m.get("decoder_arch", m.arch), "decoder", **overrides))
 
