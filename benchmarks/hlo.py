@@ -126,15 +126,17 @@ def library_dots(text: str, kind: str) -> tuple[int, int]:
     return sum(name in inside for name in products), len(products)
 
 
-def kernels(text: str) -> dict[str, tuple[int, int]]:
-    """{kind: (count, bytes)} of the entry computation's kernels: fusions by their name without
-    the numeric suffix (e.g. `gemm_fusion_dot`, `loop_add_fusion`), custom calls by target,
-    other instructions by opcode. Bytes are the kernel's operands and results as whole arrays
-    (an upper bound for a kernel that reads part of an operand, such as a slice)."""
+def kernels(text: str, computation: str | None = None) -> dict[str, tuple[int, int]]:
+    """{kind: (count, bytes)} of the kernels of `computation` (default: the entry; a while
+    body gives one iteration's): fusions by their name without the numeric suffix (e.g.
+    `gemm_fusion_dot`, `loop_add_fusion`), custom calls by target, other instructions by opcode.
+    Bytes are the kernel's operands and results as whole arrays (an upper bound for a kernel
+    that reads part of an operand, such as a slice)."""
     computations, entry = parse(text)
-    shapes = {i.name: i.shape for i in computations[entry]}
+    body = computations[computation or entry]
+    shapes = {i.name: i.shape for i in body}
     out: dict[str, tuple[int, int]] = {}
-    for i in computations[entry]:
+    for i in body:
         if i.opcode in PLUMBING:
             continue
         target = re.search(r'custom_call_target="([^"]+)"', i.attributes)
