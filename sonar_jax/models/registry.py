@@ -83,6 +83,6 @@ def variable_shapes(module: str | type, config: Any, variables: Any = ...) -> di
     as nnx.Param): what a converter checks a checkpoint's tensors against."""
     _, state = abstract(module, config)
     if variables is not ...:
-        state = state.filter(variables)
+        state = nnx.filter_state(state, variables)
     return {tuple(str(k) for k in path): tuple(leaf.shape)
             for path, leaf in nnx.to_flat_state(state)}

@@ -40,7 +40,7 @@ class StepContext:
 def abstract_variables(model_cls, model_cfg, kind=nnx.Param) -> tuple[Any, Any]:
     """(pure-dict tree of ShapeDtypeStructs, matching tree of logical axis names) of one
     variable kind of a module, built without allocating."""
-    state = registry.abstract(model_cls, model_cfg)[1].filter(kind)
+    state = nnx.filter_state(registry.abstract(model_cls, model_cfg)[1], kind)
     return nnx.to_pure_dict(state), sharding.logical_axes_of_state(state)
 
 
