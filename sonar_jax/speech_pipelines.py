@@ -21,10 +21,10 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from sonar_jax import audio, batching, stopping
+from sonar_jax import audio, batching
 from sonar_jax.cosine import as_output, check_output_dtype
 from sonar_jax.models.speech_encoder import SpeechEncoder
-from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, encode_program,
+from sonar_jax.pipelines import (EmbeddingToTextModelPipeline, GenerationOptions, embed_batches,
                                  inference_model, progress)
 from sonar_jax.split import SplitModule
 
@@ -73,21 +73,24 @@ class SpeechToEmbeddingModelPipeline:
     def embed_features(self, fbanks: Sequence[np.ndarray], *, batch_size: int | None = 3,
                        batch_max_frames: int | None = None, progress_bar: bool = False
                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (input indices, embeddings) batch by batch, shortest utterances first."""
+        """Yields (input indices, embeddings) batch by batch, shortest utterances first, with
+        the device kept busy (`pipelines.embed_batches`)."""
         batches = batching.pack_by_length([len(f) for f in fbanks], batch_size=batch_size,
                                           max_tokens=batch_max_frames)
         limit = self.model.max_fbank_frames()
-        with progress(len(fbanks), progress_bar, "utt") as bar:
+
+        def on_device():
             for batch in batches:
-                stopping.check()
                 rows = batching.rows_bucket(len(batch.indices), self.parallel.size)
                 width = batching.length_bucket(int(batch.lengths.max()), limit)
                 feats, lengths = pad_features([fbanks[i] for i in batch.indices], rows, width,
                                               self.model.cfg.fbank_stride)
-                feats, lengths = self.parallel.shard_rows(feats, lengths)
-                out = encode_program(self._encoder, feats, lengths)
-                yield batch.indices, np.asarray(out[: len(batch.indices)], np.float32)
-                bar.update(len(batch.indices))
+                yield (batch.indices, *self.parallel.shard_rows(feats, lengths))
+
+        with progress(len(fbanks), progress_bar, "utt") as bar:
+            for indices, embeddings in embed_batches(self._encoder, on_device()):
+                yield indices, embeddings
+                bar.update(len(indices))
 
     def predict(self, input: Sequence, batch_size: int | None = 3,
                 batch_max_frames: int | None = None, progress_bar: bool = False,

@@ -244,3 +244,35 @@ def test_compiled_inference_programs_run_every_product_in_onednn_on_cpu(t2e, pro
     assert products >= 6 and inside == products, (inside, products)
     eigen = _cpu_program_text(jitted, args, xla_cpu_use_onednn=False)
     assert hlo.library_dots(eigen, "__onednn_fusion")[0] == 0
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_embedding_batches_queue_the_next_program_before_reading_a_result(monkeypatch, backend):
+    """`embed_batches` (text and speech pipelines): on an accelerator batch i's embeddings are
+    read back only once batch i + 1's program is queued, so the device never waits for the host
+    in between; on CPUs (whose client would run both programs at once on the same cores) each
+    is read before the next runs. Results come back in order, padding rows dropped."""
+    events = []
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+
+    class Result:
+        def __init__(self, batch):
+            self.batch = batch
+
+        def __array__(self, dtype=None, copy=None):
+            events.append(("read", self.batch))
+            return np.full((4, 2), self.batch, np.float32)
+
+    def program(encoder, inputs, lengths):
+        events.append(("run", int(inputs)))
+        return Result(int(inputs))
+
+    monkeypatch.setattr(pipelines, "encode_program", program)
+    batches = [(np.arange(3) + 3 * i, i, None) for i in range(3)]
+    out = list(pipelines.embed_batches(None, iter(batches)))
+    assert events == ([("run", 0), ("run", 1), ("read", 0), ("run", 2), ("read", 1),
+                       ("read", 2)] if backend == "gpu" else
+                      [("run", 0), ("read", 0), ("run", 1), ("read", 1), ("run", 2),
+                       ("read", 2)])
+    assert [indices.tolist() for indices, _ in out] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert all(e.shape == (3, 2) and (e == i).all() for i, (_, e) in enumerate(out))
