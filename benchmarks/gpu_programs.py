@@ -87,28 +87,34 @@ def h100():
     return jax.sharding.SingleDeviceSharding(topology.devices[0])
 
 
-def encoder_text(model_cls, cfg, args_shapes, sharding) -> str:
-    """Optimized HLO of `pipelines.encode_program` for `model_cls(cfg)` as the pipelines hold it
-    (layers unrolled), compiled for `sharding`'s device from abstract weights and inputs."""
+def abstract_on(sharding, tree):
+    """`tree` with every array abstract (shape and dtype) on `sharding`'s device."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+
+
+def unrolled(model_cls, cfg, sharding) -> SplitModule:
+    """`model_cls(cfg)` as the pipelines hold it (layers unrolled), abstract, on `sharding`."""
     model = nnx.eval_shape(lambda: unstacked(model_cls(cfg, rngs=nnx.Rngs(0))))
-    encoder = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                           SplitModule.of(model))
+    return abstract_on(sharding, SplitModule.of(model))
+
+
+def encoder_text(model_cls, cfg, args_shapes, sharding) -> str:
+    """Optimized HLO of `pipelines.encode_program` for `model_cls(cfg)` as the pipelines hold it,
+    compiled for `sharding`'s device from abstract weights and inputs."""
     args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in args_shapes]
-    return pipelines.encode_program.program("gpu").lower(encoder, *args).compile().as_text()
+    program = pipelines.encode_program.program("gpu")
+    return program.lower(unrolled(model_cls, cfg, sharding), *args).compile().as_text()
 
 
 def decoder_text(cfg, config: GenerationConfig, rows: int, sharding) -> str:
     """Optimized HLO of the pipelines' generation program (`generate`) for `rows` embeddings,
-    decoder layers unrolled as the pipelines hold them, from abstract weights and inputs."""
-    model = nnx.eval_shape(lambda: unstacked(TextDecoder(cfg, rngs=nnx.Rngs(0))))
-    place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
-    decoder = jax.tree.map(place, SplitModule.of(model))
-    inputs = [jax.ShapeDtypeStruct((rows, cfg.model_dim), jnp.float32, sharding=sharding),
-              jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding),
-              jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding),
-              place(jax.eval_shape(lambda: jax.random.key(0)))]
+    decoder as the pipelines hold it, from abstract weights and inputs."""
+    shape = jax.ShapeDtypeStruct
+    inputs = abstract_on(sharding, (shape((rows, cfg.model_dim), jnp.float32),
+                                    shape((rows,), jnp.int32), shape((), jnp.int32),
+                                    jax.eval_shape(lambda: jax.random.key(0))))
     program = generate._generate_jit.program("gpu")
-    return program.lower(decoder, *inputs, config).compile().as_text()
+    return program.lower(unrolled(TextDecoder, cfg, sharding), *inputs, config).compile().as_text()
 
 
 def step_loop(text: str) -> str:
